@@ -1,0 +1,8 @@
+//! One file per subcommand: its clap arguments and a `run` that wires library calls. No logic worth testing.
+
+pub mod bench;
+pub mod compare;
+pub mod generate;
+pub mod loss;
+pub mod score;
+pub mod train;
