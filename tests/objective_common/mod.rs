@@ -16,11 +16,21 @@ pub struct Batch {
 
 impl Batch {
     pub fn new(logp: Vec<Vec<f64>>, old: Vec<Vec<f64>>, adv: Vec<f64>) -> Self {
-        Batch { logp, old, adv, reference: None, entropy: None }
+        Batch {
+            logp,
+            old,
+            adv,
+            reference: None,
+            entropy: None,
+        }
     }
     /// old + delta, row by row.
     pub fn drift(old: &[Vec<f64>], delta: &[Vec<f64>], adv: &[f64]) -> Self {
-        let logp = old.iter().zip(delta).map(|(o, d)| o.iter().zip(d).map(|(a, b)| a + b).collect()).collect();
+        let logp = old
+            .iter()
+            .zip(delta)
+            .map(|(o, d)| o.iter().zip(d).map(|(a, b)| a + b).collect())
+            .collect();
         Batch::new(logp, old.to_vec(), adv.to_vec())
     }
     pub fn lens(&self) -> Vec<usize> {
@@ -42,20 +52,35 @@ pub fn pad(rows: &[Vec<f64>], t: usize, fill: f64, dt: DType) -> Tensor {
     for (i, r) in rows.iter().enumerate() {
         v[i * t..i * t + r.len()].copy_from_slice(r);
     }
-    Tensor::from_vec(v, (rows.len(), t), &Device::Cpu).unwrap().to_dtype(dt).unwrap()
+    Tensor::from_vec(v, (rows.len(), t), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dt)
+        .unwrap()
 }
 
 /// Evaluates `cfg` on the batch with `extra_pad` padding columns, in dtype `dt`, with optional global counts.
-pub fn eval_with(cfg: &ObjectiveConfig, b: &Batch, extra_pad: usize, dt: DType, gc: Option<(f64, f64)>) -> Eval {
+pub fn eval_with(
+    cfg: &ObjectiveConfig,
+    b: &Batch,
+    extra_pad: usize,
+    dt: DType,
+    gc: Option<(f64, f64)>,
+) -> Eval {
     let lens = b.lens();
     let t = lens.iter().copied().max().unwrap() + extra_pad;
     let logp = Var::from_tensor(&pad(&b.logp, t, 3.7, dt)).unwrap();
     let old = pad(&b.old, t, -55.0, dt);
     let ones: Vec<Vec<f64>> = lens.iter().map(|&n| vec![1.0; n]).collect();
     let mask = pad(&ones, t, 0.0, dt);
-    let adv = Tensor::from_vec(b.adv.clone(), b.adv.len(), &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+    let adv = Tensor::from_vec(b.adv.clone(), b.adv.len(), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dt)
+        .unwrap();
     let reference = b.reference.as_ref().map(|r| pad(r, t, 99.0, dt));
-    let entropy = b.entropy.as_ref().map(|e| Var::from_tensor(&pad(e, t, 42.0, dt)).unwrap());
+    let entropy = b
+        .entropy
+        .as_ref()
+        .map(|e| Var::from_tensor(&pad(e, t, 42.0, dt)).unwrap());
     let inputs = PolicyInputs {
         logp: logp.as_tensor(),
         old_logp: &old,
@@ -77,12 +102,20 @@ pub fn eval_with(cfg: &ObjectiveConfig, b: &Batch, extra_pad: usize, dt: DType, 
                 assert_eq!(*v, 0.0, "padding position ({i},{j}) got gradient {v}");
             }
         }
-        full.into_iter().zip(&lens).map(|(r, &n)| r[..n].to_vec()).collect()
+        full.into_iter()
+            .zip(&lens)
+            .map(|(r, &n)| r[..n].to_vec())
+            .collect()
     };
     let grad = to_rows(grads.get(logp.as_tensor()));
     let grad_entropy = entropy.as_ref().map(|e| to_rows(grads.get(e.as_tensor())));
     Eval {
-        loss: out.loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(),
+        loss: out
+            .loss
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap(),
         grad,
         grad_entropy,
         stats: out.stats,
