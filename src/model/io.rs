@@ -84,6 +84,19 @@ pub struct Checkpoint {
 /// Architectures the transformer implements.
 pub const SUPPORTED_MODEL_TYPES: [&str; 2] = ["llama", "qwen2"];
 
+/// The device the CLI runs models on: the first CUDA GPU when built with the `cuda` feature and one is present,
+/// else the CPU.
+pub fn default_device() -> Result<Device> {
+    #[cfg(feature = "cuda")]
+    {
+        Ok(Device::cuda_if_available(0)?)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Ok(Device::Cpu)
+    }
+}
+
 /// Loads an HF directory or a `.gguf` file into f32 `Var`s on `device`.
 pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
     load_with_dtype(path, device, DType::F32)
