@@ -2,3 +2,754 @@
 //!
 //! CONTRACT: every op here has a forward and a backward, agrees with the composed candle version, and is
 //! checked by finite differences in f64. Used on the training path of `model`.
+//!
+//! Each op is a candle `CustomOp` with f32 and f64 CPU kernels over contiguous rows (inputs are made
+//! contiguous by the API function). Its `bwd` builds the gradients with a second, gradient-free custom
+//! kernel, so one backward step is one pass over the data instead of candle's chain of elementwise ops.
+//! On other devices (CUDA) every function falls back to the composed, differentiable candle ops, so model
+//! code stays device-generic. Second-order gradients are not supported (the backward kernels are leaves).
+//! The `composed_*` functions are the reference implementations used by the tests and the benchmark.
+
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType, D,
+};
+use candle_core::backend::BackendStorage;
+use num_traits::{Float, One, Zero};
+
+type CResult<T> = candle_core::Result<T>;
+
+/// A float element type the CPU kernels run on (f32 or f64).
+trait Elem: Float + WithDType {}
+impl Elem for f32 {}
+impl Elem for f64 {}
+
+/// The contiguous data of one op input, or an error naming the op.
+fn data<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [T]> {
+    let all = s.as_slice::<T>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&all[a..b]),
+        None => bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Runs `$body` with `$t` bound to f32 or f64 according to `$dtype`, erroring on other dtypes.
+macro_rules! float_dispatch {
+    ($dtype:expr, $op:expr, $t:ident => $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            DType::F64 => {
+                type $t = f64;
+                $body
+            }
+            dt => bail!("{}: unsupported dtype {dt:?} (expected f32 or f64)", $op),
+        }
+    };
+}
+
+/// Last-dimension size, treating a rank-0 tensor as one row of length 1.
+fn last_dim(shape: &Shape) -> usize {
+    shape.dims().last().copied().unwrap_or(1)
+}
+
+/// `-inf`-safe max of a row.
+fn row_max<T: Elem>(x: &[T]) -> T {
+    x.iter().fold(T::neg_infinity(), |a, &b| if b > a { b } else { a })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// softmax over the last dimension (optionally with an additive, broadcast mask)
+// ---------------------------------------------------------------------------------------------------------
+
+/// Writes softmax(x + mask) of one row into `y` (`mask` may be `None`).
+fn softmax_row<T: Elem>(x: &[T], mask: Option<&[T]>, y: &mut [T]) {
+    match mask {
+        Some(m) => {
+            for ((o, &a), &b) in y.iter_mut().zip(x).zip(m) {
+                *o = a + b;
+            }
+        }
+        None => y.copy_from_slice(x),
+    }
+    let mx = row_max(y);
+    let mut s = T::zero();
+    for o in y.iter_mut() {
+        let e = (*o - mx).exp();
+        *o = e;
+        s = s + e;
+    }
+    let inv = T::one() / s;
+    for o in y.iter_mut() {
+        *o = *o * inv;
+    }
+}
+
+/// Fused softmax over the last dimension.
+struct SoftmaxOp;
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "luspo-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let d = last_dim(l.shape());
+        float_dispatch!(s.dtype(), self.name(), T => {
+            let x = data::<T>(s, l, self.name())?;
+            let mut y = vec![T::zero(); x.len()];
+            if d > 0 {
+                for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+                    softmax_row(xr, None, yr);
+                }
+            }
+            Ok((T::to_cpu_storage_owned(y), l.shape().clone()))
+        })
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        softmax_bwd(res, grad).map(Some)
+    }
+}
+
+/// Gradient-free kernel: `dx = y * (g - sum(g*y))` per row.
+struct SoftmaxBwdOp;
+
+impl CustomOp2 for SoftmaxBwdOp {
+    fn name(&self) -> &'static str {
+        "luspo-softmax-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let d = last_dim(l1.shape());
+        float_dispatch!(s1.dtype(), self.name(), T => {
+            let y = data::<T>(s1, l1, self.name())?;
+            let g = data::<T>(s2, l2, self.name())?;
+            if y.len() != g.len() {
+                bail!("{}: shape mismatch", self.name());
+            }
+            let mut dx = vec![T::zero(); y.len()];
+            if d > 0 {
+                for ((yr, gr), dr) in y.chunks_exact(d).zip(g.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+                    let dot = yr.iter().zip(gr).fold(T::zero(), |a, (&p, &q)| a + p * q);
+                    for ((o, &p), &q) in dr.iter_mut().zip(yr).zip(gr) {
+                        *o = p * (q - dot);
+                    }
+                }
+            }
+            Ok((T::to_cpu_storage_owned(dx), l1.shape().clone()))
+        })
+    }
+}
+
+/// Softmax backward from the output `y` and upstream gradient `g` (device-generic).
+fn softmax_bwd(y: &Tensor, g: &Tensor) -> CResult<Tensor> {
+    if y.device().is_cpu() {
+        y.contiguous()?.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBwdOp)
+    } else {
+        let dot = (g * y)?.sum_keepdim(D::Minus1)?;
+        y * g.broadcast_sub(&dot)?
+    }
+}
+
+/// Composed (reference) softmax over the last dimension: candle's differentiable `softmax`.
+pub fn composed_softmax_last_dim(x: &Tensor) -> crate::Result<Tensor> {
+    Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+}
+
+/// Differentiable softmax over the last dimension (fused CPU kernel with a one-pass backward).
+pub fn softmax_last_dim(x: &Tensor) -> crate::Result<Tensor> {
+    if x.device().is_cpu() {
+        Ok(x.contiguous()?.apply_op1(SoftmaxOp)?)
+    } else {
+        composed_softmax_last_dim(x)
+    }
+}
+
+/// Fused `softmax(scores + mask)` over the last dimension; the mask is broadcast to the scores.
+struct MaskedSoftmaxOp;
+
+impl CustomOp2 for MaskedSoftmaxOp {
+    fn name(&self) -> &'static str {
+        "luspo-masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        // l2 is the mask broadcast to the scores' shape: arbitrary strides on the leading dims, stride 1 last.
+        let dims = l1.dims();
+        let d = last_dim(l1.shape());
+        if l2.dims() != dims {
+            bail!("{}: mask layout does not match the scores", self.name());
+        }
+        if d > 1 && l2.stride().last() != Some(&1) {
+            bail!("{}: mask last dimension must be contiguous", self.name());
+        }
+        let lead = &dims[..dims.len().saturating_sub(1)];
+        let mstride = &l2.stride()[..lead.len()];
+        float_dispatch!(s1.dtype(), self.name(), T => {
+            let x = data::<T>(s1, l1, self.name())?;
+            let mall = s2.as_slice::<T>()?;
+            let mut y = vec![T::zero(); x.len()];
+            if d > 0 {
+                let mut idx = vec![0usize; lead.len()];
+                for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+                    let off = l2.start_offset()
+                        + idx.iter().zip(mstride).map(|(i, s)| i * s).sum::<usize>();
+                    softmax_row(xr, Some(&mall[off..off + d]), yr);
+                    // advance the multi-index over the leading dims
+                    for k in (0..idx.len()).rev() {
+                        idx[k] += 1;
+                        if idx[k] < lead[k] {
+                            break;
+                        }
+                        idx[k] = 0;
+                    }
+                }
+            }
+            Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        _scores: &Tensor,
+        mask: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let dx = softmax_bwd(res, grad)?;
+        // `mask` here is the broadcast view; candle routes its gradient back through broadcast_as.
+        let dm = if mask.track_op() { Some(dx.clone()) } else { None };
+        Ok((Some(dx), dm))
+    }
+}
+
+/// Composed (reference) `softmax(scores + mask)` with candle ops.
+pub fn composed_masked_softmax(scores: &Tensor, mask: &Tensor) -> crate::Result<Tensor> {
+    composed_softmax_last_dim(&scores.broadcast_add(mask)?)
+}
+
+/// Differentiable `softmax(scores + mask, -1)`; `mask` (e.g. `(B,1,T,T)` additive causal/padding mask with
+/// `-inf` or large negative entries) broadcasts to `scores` (e.g. `(B,H,T,T)`). Rows whose entries are all
+/// `-inf` give NaN, as in PyTorch; use a finite large negative value for fully masked rows.
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> crate::Result<Tensor> {
+    if !scores.device().is_cpu() {
+        return composed_masked_softmax(scores, mask);
+    }
+    let mask = mask.to_dtype(scores.dtype())?;
+    let (sd, md) = (scores.dims(), mask.dims());
+    if sd.last() != md.last() && !md.is_empty() && md.last() != Some(&1) {
+        return Err(crate::input_err!(
+            "masked_softmax: mask {:?} does not broadcast to scores {:?}",
+            md,
+            sd
+        ));
+    }
+    let mask = if md.last() == Some(&1) && sd.last() != Some(&1) {
+        // a last-dim broadcast needs a real copy so the kernel can read the row contiguously
+        mask.broadcast_as(broadcast_last(md, sd))?.contiguous()?
+    } else {
+        mask.contiguous()?
+    };
+    let mb = mask.broadcast_as(sd).map_err(|_| {
+        crate::input_err!("masked_softmax: mask {:?} does not broadcast to scores {:?}", md, sd)
+    })?;
+    Ok(scores.contiguous()?.apply_op2(&mb, MaskedSoftmaxOp)?)
+}
+
+/// `md` with its last dim replaced by the scores' last dim.
+fn broadcast_last(md: &[usize], sd: &[usize]) -> Vec<usize> {
+    let mut v = md.to_vec();
+    if let (Some(l), Some(&s)) = (v.last_mut(), sd.last()) {
+        *l = s;
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// token log-probability (and entropy) from logits, without materialising log_softmax
+// ---------------------------------------------------------------------------------------------------------
+
+/// Per-row statistics: `(ln s, max)` with `s = sum exp(z - max)`, plus `t = sum p (z - max)` if asked.
+fn lse_row<T: Elem>(z: &[T], want_t: bool) -> (T, T, T) {
+    let mx = row_max(z);
+    let mut s = T::zero();
+    let mut t = T::zero();
+    for &v in z {
+        let a = v - mx;
+        let e = a.exp();
+        s = s + e;
+        if want_t && e > T::zero() {
+            t = t + e * a;
+        }
+    }
+    (s.ln(), mx, t / s)
+}
+
+/// Reads targets (u32) as indices and checks them against the vocabulary size.
+fn targets_of<'a>(s: &'a CpuStorage, l: &Layout, v: usize, op: &str) -> CResult<&'a [u32]> {
+    let t = data::<u32>(s, l, op)?;
+    if let Some(bad) = t.iter().find(|&&i| i as usize >= v) {
+        bail!("{op}: target id {bad} out of range for vocabulary size {v}");
+    }
+    Ok(t)
+}
+
+/// Fused log-softmax + gather (+ entropy): output `(N)` logp, or `(N,2)` `[logp, entropy]` per row.
+struct TokenLogprobOp {
+    entropy: bool,
+}
+
+impl TokenLogprobOp {
+    fn out_shape(&self, targets: &Layout) -> Shape {
+        let mut d = targets.dims().to_vec();
+        if self.entropy {
+            d.push(2);
+        }
+        Shape::from(d)
+    }
+}
+
+impl CustomOp2 for TokenLogprobOp {
+    fn name(&self) -> &'static str {
+        "luspo-token-logprob"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let v = last_dim(l1.shape());
+        let tg = targets_of(s2, l2, v, self.name())?;
+        float_dispatch!(s1.dtype(), self.name(), T => {
+            let z = data::<T>(s1, l1, self.name())?;
+            if v == 0 || z.len() != tg.len() * v {
+                bail!("{}: logits/targets shape mismatch", self.name());
+            }
+            let k = if self.entropy { 2 } else { 1 };
+            let mut out = vec![T::zero(); tg.len() * k];
+            for ((zr, &t), o) in z.chunks_exact(v).zip(tg).zip(out.chunks_exact_mut(k)) {
+                let (ls, mx, tt) = lse_row(zr, self.entropy);
+                o[0] = zr[t as usize] - mx - ls;
+                if self.entropy {
+                    o[1] = ls - tt;
+                }
+            }
+            Ok((T::to_cpu_storage_owned(out), self.out_shape(l2)))
+        })
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let dz = if logits.device().is_cpu() {
+            let g = grad.contiguous()?;
+            logits.apply_op3_no_bwd(targets, &g, &TokenLogprobBwdOp { entropy: self.entropy })?
+        } else {
+            // composed fallback (only reached if a CPU-created graph moved device; kept for completeness)
+            let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+            let p = lsm.exp()?;
+            let oh = candle_nn::encoding::one_hot(targets.clone(), logits.dim(D::Minus1)?, 1f32, 0f32)?
+                .to_dtype(logits.dtype())?;
+            let (gl, gh) = if self.entropy {
+                (grad.narrow(D::Minus1, 0, 1)?, Some(grad.narrow(D::Minus1, 1, 1)?))
+            } else {
+                (grad.unsqueeze(D::Minus1)?, None)
+            };
+            let mut dz = (oh - &p)?.broadcast_mul(&gl)?;
+            if let Some(gh) = gh {
+                let h = res.narrow(D::Minus1, 1, 1)?;
+                let dh = (p * lsm.broadcast_add(&h)?)?.neg()?.broadcast_mul(&gh)?;
+                dz = (dz + dh)?;
+            }
+            dz
+        };
+        Ok((Some(dz), None))
+    }
+}
+
+/// Gradient-free kernel: `dz = g_lp (onehot - p) - g_H p (log p + H)` per row.
+struct TokenLogprobBwdOp {
+    entropy: bool,
+}
+
+impl CustomOp3 for TokenLogprobBwdOp {
+    fn name(&self) -> &'static str {
+        "luspo-token-logprob-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let v = last_dim(l1.shape());
+        let tg = targets_of(s2, l2, v, self.name())?;
+        float_dispatch!(s1.dtype(), self.name(), T => {
+            let z = data::<T>(s1, l1, self.name())?;
+            let g = data::<T>(s3, l3, self.name())?;
+            let k = if self.entropy { 2 } else { 1 };
+            if v == 0 || z.len() != tg.len() * v || g.len() != tg.len() * k {
+                bail!("{}: shape mismatch", self.name());
+            }
+            let mut dz = vec![T::zero(); z.len()];
+            for (((zr, &t), gr), dr) in
+                z.chunks_exact(v).zip(tg).zip(g.chunks_exact(k)).zip(dz.chunks_exact_mut(v))
+            {
+                let (ls, mx, tt) = lse_row(zr, self.entropy);
+                let gl = gr[0];
+                if self.entropy {
+                    let gh = gr[1];
+                    let h = ls - tt;
+                    for (o, &zi) in dr.iter_mut().zip(zr) {
+                        let lp = zi - mx - ls;
+                        let p = lp.exp();
+                        // p == 0 (e.g. a -inf logit): both terms vanish; avoid 0 * -inf
+                        *o = if p > T::zero() { -p * (gl + gh * (lp + h)) } else { T::zero() };
+                    }
+                } else {
+                    for (o, &zi) in dr.iter_mut().zip(zr) {
+                        *o = -gl * (zi - mx - ls).exp();
+                    }
+                }
+                dr[t as usize] = dr[t as usize] + gl;
+            }
+            Ok((T::to_cpu_storage_owned(dz), l1.shape().clone()))
+        })
+    }
+}
+
+/// Checks logits `(..., V)` against targets `(...)` and returns targets as contiguous u32.
+fn check_targets(logits: &Tensor, targets: &Tensor, op: &str) -> crate::Result<Tensor> {
+    let ld = logits.dims();
+    if ld.is_empty() || &ld[..ld.len() - 1] != targets.dims() {
+        return Err(crate::input_err!(
+            "{op}: logits {:?} must be targets' shape {:?} plus a vocabulary dimension",
+            ld,
+            targets.dims()
+        ));
+    }
+    let t = if targets.dtype() == DType::U32 {
+        targets.clone()
+    } else {
+        targets.to_dtype(DType::U32)?
+    };
+    Ok(t.contiguous()?)
+}
+
+/// Composed (reference) `log_softmax(logits).gather(targets)` with candle ops.
+pub fn composed_log_softmax_gather(logits: &Tensor, targets: &Tensor) -> crate::Result<Tensor> {
+    let t = check_targets(logits, targets, "log_softmax_gather")?;
+    let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    Ok(lsm.gather(&t.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?)
+}
+
+/// Composed (reference) token logprob and entropy `-(p * log p).sum(-1)` with candle ops.
+pub fn composed_token_logprob_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+) -> crate::Result<(Tensor, Tensor)> {
+    let t = check_targets(logits, targets, "token_logprob_entropy")?;
+    let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let lp = lsm.gather(&t.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?;
+    let h = (lsm.exp()? * &lsm)?.sum(D::Minus1)?.neg()?;
+    Ok((lp, h))
+}
+
+/// Differentiable `log_softmax(logits, -1)` gathered at `targets`: logits `(..., V)`, targets `(...)`
+/// (u32 or i64 ids) → logp `(...)`. Never materialises the `(..., V)` log-softmax.
+pub fn log_softmax_gather(logits: &Tensor, targets: &Tensor) -> crate::Result<Tensor> {
+    if !logits.device().is_cpu() {
+        return composed_log_softmax_gather(logits, targets);
+    }
+    let t = check_targets(logits, targets, "log_softmax_gather")?;
+    Ok(logits.contiguous()?.apply_op2(&t, TokenLogprobOp { entropy: false })?)
+}
+
+/// Differentiable token logprob and entropy in one pass: logits `(..., V)`, targets `(...)` →
+/// `(logp (...), entropy (...))`; the backward handles upstream gradients on both outputs.
+pub fn token_logprob_entropy(logits: &Tensor, targets: &Tensor) -> crate::Result<(Tensor, Tensor)> {
+    if !logits.device().is_cpu() {
+        return composed_token_logprob_entropy(logits, targets);
+    }
+    let t = check_targets(logits, targets, "token_logprob_entropy")?;
+    let out = logits.contiguous()?.apply_op2(&t, TokenLogprobOp { entropy: true })?;
+    let lp = out.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+    let h = out.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+    Ok((lp, h))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// RMSNorm
+// ---------------------------------------------------------------------------------------------------------
+
+/// Fused RMSNorm `x / sqrt(mean(x^2) + eps) * w` over the last dimension.
+struct RmsNormOp {
+    eps: f64,
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "luspo-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let d = last_dim(l1.shape());
+        float_dispatch!(s1.dtype(), self.name(), T => {
+            let x = data::<T>(s1, l1, self.name())?;
+            let w = data::<T>(s2, l2, self.name())?;
+            if w.len() != d {
+                bail!("{}: weight has {} entries, expected {d}", self.name(), w.len());
+            }
+            let eps = <T as WithDType>::from_f64(self.eps);
+            let dn = <T as WithDType>::from_f64(d as f64);
+            let mut y = vec![T::zero(); x.len()];
+            if d > 0 {
+                for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+                    let ms = xr.iter().fold(T::zero(), |a, &b| a + b * b) / dn;
+                    let r = T::one() / (ms + eps).sqrt();
+                    for ((o, &a), &b) in yr.iter_mut().zip(xr).zip(w) {
+                        *o = a * r * b;
+                    }
+                }
+            }
+            Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let d = x.dim(D::Minus1)?;
+        let rows = x.elem_count() / d.max(1);
+        let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &RmsNormBwdOp { eps: self.eps })?;
+        let dx = both.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dw = if w.track_op() {
+            Some(both.narrow(0, rows, 1)?.reshape(w.shape())?)
+        } else {
+            None
+        };
+        Ok((Some(dx), dw))
+    }
+}
+
+/// Gradient-free kernel: output `(rows+1, D)` = `[dx rows; dw]`.
+struct RmsNormBwdOp {
+    eps: f64,
+}
+
+impl CustomOp3 for RmsNormBwdOp {
+    fn name(&self) -> &'static str {
+        "luspo-rms-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let d = last_dim(l1.shape());
+        float_dispatch!(s1.dtype(), self.name(), T => {
+            let x = data::<T>(s1, l1, self.name())?;
+            let w = data::<T>(s2, l2, self.name())?;
+            let g = data::<T>(s3, l3, self.name())?;
+            if w.len() != d || g.len() != x.len() {
+                bail!("{}: shape mismatch", self.name());
+            }
+            let rows = x.len().checked_div(d).unwrap_or(0);
+            let eps = <T as WithDType>::from_f64(self.eps);
+            let dn = <T as WithDType>::from_f64(d as f64);
+            let mut out = vec![T::zero(); x.len() + d];
+            if d > 0 {
+                let (dx, dw) = out.split_at_mut(x.len());
+                for ((xr, gr), dr) in x.chunks_exact(d).zip(g.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+                    let ms = xr.iter().fold(T::zero(), |a, &b| a + b * b) / dn;
+                    let r = T::one() / (ms + eps).sqrt();
+                    // c = mean(g * w * n), n = x * r
+                    let mut c = T::zero();
+                    for ((&a, &b), &q) in xr.iter().zip(w).zip(gr) {
+                        c = c + q * b * a;
+                    }
+                    let c = c * r / dn;
+                    for (((o, &a), &b), (&q, dwj)) in
+                        dr.iter_mut().zip(xr).zip(w).zip(gr.iter().zip(dw.iter_mut()))
+                    {
+                        let n = a * r;
+                        *o = r * (q * b - n * c);
+                        *dwj = *dwj + q * n;
+                    }
+                }
+            }
+            Ok((T::to_cpu_storage_owned(out), Shape::from((rows + 1, d))))
+        })
+    }
+}
+
+/// Composed (reference) RMSNorm: candle's differentiable `rms_norm_slow` semantics in f32/f64.
+pub fn composed_rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> crate::Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)?)
+}
+
+/// Differentiable RMSNorm over the last dimension, `x / sqrt(mean(x^2) + eps) * w`; gradients to `x` and `w`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> crate::Result<Tensor> {
+    if !x.device().is_cpu() {
+        return composed_rms_norm(x, w, eps);
+    }
+    let d = x.dim(D::Minus1)?;
+    if w.dims() != [d] {
+        return Err(crate::input_err!(
+            "rms_norm: weight shape {:?} does not match hidden size {d}",
+            w.dims()
+        ));
+    }
+    let w = w.to_dtype(x.dtype())?.contiguous()?;
+    Ok(x.contiguous()?.apply_op2(&w, RmsNormOp { eps })?)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// SwiGLU gate: silu(gate) * up
+// ---------------------------------------------------------------------------------------------------------
+
+/// Fused `silu(gate) * up`.
+struct SiluMulOp;
+
+impl CustomOp2 for SiluMulOp {
+    fn name(&self) -> &'static str {
+        "luspo-silu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        float_dispatch!(s1.dtype(), self.name(), T => {
+            let a = data::<T>(s1, l1, self.name())?;
+            let b = data::<T>(s2, l2, self.name())?;
+            if a.len() != b.len() {
+                bail!("{}: shape mismatch", self.name());
+            }
+            let y: Vec<T> = a
+                .iter()
+                .zip(b)
+                .map(|(&x, &u)| x / (T::one() + (-x).exp()) * u)
+                .collect();
+            Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let n = gate.elem_count();
+        let both = gate.apply_op3_no_bwd(up, &grad.contiguous()?, &SiluMulBwdOp)?;
+        let dg = both.narrow(0, 0, n)?.reshape(gate.shape())?;
+        let du = both.narrow(0, n, n)?.reshape(up.shape())?;
+        Ok((Some(dg), Some(du)))
+    }
+}
+
+/// Gradient-free kernel: output `(2n)` = `[d gate; d up]`.
+struct SiluMulBwdOp;
+
+impl CustomOp3 for SiluMulBwdOp {
+    fn name(&self) -> &'static str {
+        "luspo-silu-mul-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        float_dispatch!(s1.dtype(), self.name(), T => {
+            let a = data::<T>(s1, l1, self.name())?;
+            let b = data::<T>(s2, l2, self.name())?;
+            let g = data::<T>(s3, l3, self.name())?;
+            let n = a.len();
+            if b.len() != n || g.len() != n {
+                bail!("{}: shape mismatch", self.name());
+            }
+            let mut out = vec![T::zero(); 2 * n];
+            let (dg, du) = out.split_at_mut(n);
+            for i in 0..n {
+                let x = a[i];
+                let s = T::one() / (T::one() + (-x).exp());
+                let silu = x * s;
+                dg[i] = g[i] * b[i] * s * (T::one() + x * (T::one() - s));
+                du[i] = g[i] * silu;
+            }
+            Ok((T::to_cpu_storage_owned(out), Shape::from(2 * n)))
+        })
+    }
+}
+
+/// Composed (reference) `silu(gate) * up` with candle ops.
+pub fn composed_silu_mul(gate: &Tensor, up: &Tensor) -> crate::Result<Tensor> {
+    Ok((gate.silu()? * up)?)
+}
+
+/// Differentiable SwiGLU gate `silu(gate) * up` (same shapes); gradients to both inputs.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> crate::Result<Tensor> {
+    if !gate.device().is_cpu() {
+        return composed_silu_mul(gate, up);
+    }
+    if gate.dims() != up.dims() {
+        return Err(crate::input_err!(
+            "silu_mul: gate {:?} and up {:?} differ in shape",
+            gate.dims(),
+            up.dims()
+        ));
+    }
+    let up = up.to_dtype(gate.dtype())?.contiguous()?;
+    Ok(gate.contiguous()?.apply_op2(&up, SiluMulOp)?)
+}
