@@ -173,8 +173,10 @@ pub fn softmax_last_dim(x: &Tensor) -> crate::Result<Tensor> {
     }
 }
 
-/// Fused `softmax(scores + mask)` over the last dimension; the mask is broadcast to the scores.
-struct MaskedSoftmaxOp;
+/// Fused `softmax(scale * scores + mask)` over the last dimension; the mask is broadcast to the scores.
+struct MaskedSoftmaxOp {
+    scale: f64,
+}
 
 impl CustomOp2 for MaskedSoftmaxOp {
     fn name(&self) -> &'static str {
@@ -202,12 +204,22 @@ impl CustomOp2 for MaskedSoftmaxOp {
         float_dispatch!(s1.dtype(), self.name(), T => {
             let x = data::<T>(s1, l1, self.name())?;
             let mall = s2.as_slice::<T>()?;
+            let scale = <T as WithDType>::from_f64(self.scale);
             let mut y = vec![T::zero(); x.len()];
+            let mut tmp = vec![T::zero(); d];
             if d > 0 {
                 let mut idx = vec![0usize; lead.len()];
                 for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
                     let off = l2.start_offset()
                         + idx.iter().zip(mstride).map(|(i, s)| i * s).sum::<usize>();
+                    let xr = if self.scale != 1.0 {
+                        for (t, &a) in tmp.iter_mut().zip(xr) {
+                            *t = a * scale;
+                        }
+                        &tmp[..]
+                    } else {
+                        xr
+                    };
                     softmax_row(xr, Some(&mall[off..off + d]), yr);
                     // advance the multi-index over the leading dims
                     for k in (0..idx.len()).rev() {
@@ -233,6 +245,7 @@ impl CustomOp2 for MaskedSoftmaxOp {
         let dx = softmax_bwd(res, grad)?;
         // `mask` here is the broadcast view; candle routes its gradient back through broadcast_as.
         let dm = if mask.track_op() { Some(dx.clone()) } else { None };
+        let dx = if self.scale != 1.0 { (dx * self.scale)? } else { dx };
         Ok((Some(dx), dm))
     }
 }
@@ -242,18 +255,33 @@ pub fn composed_masked_softmax(scores: &Tensor, mask: &Tensor) -> crate::Result<
     composed_softmax_last_dim(&scores.broadcast_add(mask)?)
 }
 
-/// Differentiable `softmax(scores + mask, -1)`; `mask` (e.g. `(B,1,T,T)` additive causal/padding mask with
+/// Differentiable `softmax(scores + mask, -1)`, i.e. [`scaled_masked_softmax`] with scale 1; `mask` (e.g. `(B,1,T,T)` additive causal/padding mask with
 /// `-inf` or large negative entries) broadcasts to `scores` (e.g. `(B,H,T,T)`). Rows whose entries are all
 /// `-inf` give NaN, as in PyTorch; use a finite large negative value for fully masked rows.
 pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> crate::Result<Tensor> {
+    scaled_masked_softmax(scores, 1.0, mask)
+}
+
+/// Composed (reference) `softmax(scale * scores + mask)` with candle ops.
+pub fn composed_scaled_masked_softmax(
+    scores: &Tensor,
+    scale: f64,
+    mask: &Tensor,
+) -> crate::Result<Tensor> {
+    composed_masked_softmax(&(scores * scale)?, mask)
+}
+
+/// Differentiable attention softmax `softmax(scale * scores + mask, -1)` in one kernel (saves the scaled copy
+/// of the scores and its backward); `mask` broadcasts to `scores` as in [`masked_softmax`].
+pub fn scaled_masked_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> crate::Result<Tensor> {
     if !scores.device().is_cpu() {
-        return composed_masked_softmax(scores, mask);
+        return composed_scaled_masked_softmax(scores, scale, mask);
     }
     let mask = mask.to_dtype(scores.dtype())?;
     let (sd, md) = (scores.dims(), mask.dims());
     if sd.last() != md.last() && !md.is_empty() && md.last() != Some(&1) {
         return Err(crate::input_err!(
-            "masked_softmax: mask {:?} does not broadcast to scores {:?}",
+            "scaled_masked_softmax: mask {:?} does not broadcast to scores {:?}",
             md,
             sd
         ));
@@ -265,9 +293,9 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> crate::Result<Tensor> {
         mask.contiguous()?
     };
     let mb = mask.broadcast_as(sd).map_err(|_| {
-        crate::input_err!("masked_softmax: mask {:?} does not broadcast to scores {:?}", md, sd)
+        crate::input_err!("scaled_masked_softmax: mask {:?} does not broadcast to scores {:?}", md, sd)
     })?;
-    Ok(scores.contiguous()?.apply_op2(&mb, MaskedSoftmaxOp)?)
+    Ok(scores.contiguous()?.apply_op2(&mb, MaskedSoftmaxOp { scale })?)
 }
 
 /// `md` with its last dim replaced by the scores' last dim.
@@ -752,4 +780,143 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> crate::Result<Tensor> {
     }
     let up = up.to_dtype(gate.dtype())?.contiguous()?;
     Ok(gate.contiguous()?.apply_op2(&up, SiluMulOp)?)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// RoPE (HF rotate_half layout)
+// ---------------------------------------------------------------------------------------------------------
+
+/// Fused HF RoPE `x * cos + rotate_half(x) * sin` on `(B,H,T,D)`; with `transpose` it applies the adjoint
+/// `g * cos + rotate_half^T(g * sin)` (the backward). `cos`/`sin` are `(B,T,D)` or `(T,D)`.
+struct RopeOp {
+    transpose: bool,
+}
+
+impl CustomOp3 for RopeOp {
+    fn name(&self) -> &'static str {
+        "luspo-rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (b, h, t, d) = l1.shape().dims4()?;
+        if d % 2 != 0 {
+            bail!("{}: head dim {d} must be even", self.name());
+        }
+        let half = d / 2;
+        float_dispatch!(s1.dtype(), self.name(), T => {
+            let x = data::<T>(s1, l1, self.name())?;
+            let c = data::<T>(s2, l2, self.name())?;
+            let s = data::<T>(s3, l3, self.name())?;
+            let per_batch = if c.len() == b * t * d {
+                true
+            } else if c.len() == t * d {
+                false
+            } else {
+                bail!("{}: cos/sin size {} fits neither (B,T,D) nor (T,D)", self.name(), c.len());
+            };
+            if s.len() != c.len() {
+                bail!("{}: cos and sin differ in size", self.name());
+            }
+            let mut y = vec![T::zero(); x.len()];
+            for (r, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
+                let ti = r % t;
+                let bi = r / (h * t);
+                let off = if per_batch { (bi * t + ti) * d } else { ti * d };
+                let (cr, sr) = (&c[off..off + d], &s[off..off + d]);
+                if self.transpose {
+                    for j in 0..half {
+                        yr[j] = xr[j] * cr[j] + xr[j + half] * sr[j + half];
+                        yr[j + half] = xr[j + half] * cr[j + half] - xr[j] * sr[j];
+                    }
+                } else {
+                    for j in 0..half {
+                        yr[j] = xr[j] * cr[j] - xr[j + half] * sr[j];
+                        yr[j + half] = xr[j + half] * cr[j + half] + xr[j] * sr[j + half];
+                    }
+                }
+            }
+            Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = grad.contiguous()?.apply_op3_no_bwd(cos, sin, &RopeOp { transpose: true })?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// HF `rotate_half`: `cat(-x2, x1)` on the last dimension.
+fn rotate_half(x: &Tensor) -> crate::Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
+}
+
+/// Composed (reference) HF RoPE `x * cos + rotate_half(x) * sin` with candle ops (same shapes as [`rope`]).
+pub fn composed_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> crate::Result<Tensor> {
+    let (cos, sin) = if cos.rank() == 3 {
+        (cos.unsqueeze(1)?, sin.unsqueeze(1)?)
+    } else {
+        (cos.clone(), sin.clone())
+    };
+    Ok((x.broadcast_mul(&cos)? + rotate_half(x)?.broadcast_mul(&sin)?)?)
+}
+
+/// Differentiable HF RoPE (rotate_half layout): `x` `(B,H,T,D)`, `cos`/`sin` `(B,T,D)` (per-row positions) or
+/// `(T,D)`, laid out as `cat(freqs, freqs)`. Gradient to `x` only: `cos`/`sin` are treated as constants.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> crate::Result<Tensor> {
+    if !x.device().is_cpu() {
+        return composed_rope(x, cos, sin);
+    }
+    let (b, _h, t, d) = x.dims4()?;
+    let ok = |c: &Tensor| c.dims() == [b, t, d] || c.dims() == [t, d];
+    if !ok(cos) || !ok(sin) || cos.dims() != sin.dims() || d % 2 != 0 {
+        return Err(crate::input_err!(
+            "rope: x {:?} needs cos/sin of shape (B,T,D) or (T,D) with even D, got {:?} and {:?}",
+            x.dims(),
+            cos.dims(),
+            sin.dims()
+        ));
+    }
+    let cos = cos.to_dtype(x.dtype())?.detach().contiguous()?;
+    let sin = sin.to_dtype(x.dtype())?.detach().contiguous()?;
+    Ok(x.contiguous()?.apply_op3(&cos, &sin, RopeOp { transpose: false })?)
+}
+
+/// Tunes glibc malloc for training loops (no-op elsewhere): keeps freed memory instead of returning it to the
+/// OS, so the many tensor-sized buffers of each step do not page-fault and get zeroed again. Measured on the
+/// tiny train step (examples/ops_bench): see the ops report. Call once at program start.
+pub fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_TOP_PAD: i32 = -2;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: mallopt only changes allocator tuning parameters; it is thread-safe in glibc and these
+        // values are within the documented ranges (mmap threshold at most 32 MiB on 64-bit).
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20);
+            mallopt(M_TRIM_THRESHOLD, 512 << 20);
+            mallopt(M_TOP_PAD, 64 << 20);
+        }
+    }
 }

@@ -337,3 +337,45 @@ fn gradients_reach_every_variable_through_a_small_graph() {
         assert!(n > 0.0 && n.is_finite(), "variable {i} gradient norm² {n}");
     }
 }
+
+#[test]
+fn scaled_masked_softmax_matches_composed() {
+    let f: &Op = &|t| ops::scaled_masked_softmax(&t[0], 0.35, &t[1]);
+    let c: &Op = &|t| ops::composed_scaled_masked_softmax(&t[0], 0.35, &t[1]);
+    let s = rnd(&[2, 3, 6, 6], 31, 3.0, DType::F64);
+    check_all(f, c, &[s.clone(), causal_mask(2, 6, -1e9, 3)], &[0]);
+    check_all(f, c, &[s, rnd(&[2, 1, 6, 6], 32, 1.0, DType::F64)], &[0, 1]);
+}
+
+#[test]
+fn rope_matches_composed() {
+    // per-row positions: cos/sin (B,T,D) laid out as cat(freqs, freqs), and a shared (T,D) table
+    let (b, h, t, d) = (2, 3, 5, 8);
+    let pos: Vec<f64> = (0..b * t).map(|i| ((i % t) + 2 * (i / t)) as f64).collect();
+    let mut c = vec![0f64; b * t * d];
+    let mut s = vec![0f64; b * t * d];
+    for (r, p) in pos.iter().enumerate() {
+        for j in 0..d {
+            let f = p / 10000f64.powf(2.0 * (j % (d / 2)) as f64 / d as f64);
+            c[r * d + j] = f.cos();
+            s[r * d + j] = f.sin();
+        }
+    }
+    let cos = Tensor::from_vec(c, (b, t, d), &Device::Cpu).unwrap();
+    let sin = Tensor::from_vec(s, (b, t, d), &Device::Cpu).unwrap();
+    let f: &Op = &|x| ops::rope(&x[0], &x[1], &x[2]);
+    let cf: &Op = &|x| ops::composed_rope(&x[0], &x[1], &x[2]);
+    let x = rnd(&[b, h, t, d], 33, 2.0, DType::F64);
+    check_all(f, cf, &[x.clone(), cos.clone(), sin.clone()], &[0]);
+    let (c2, s2) = (cos.get(1).unwrap(), sin.get(1).unwrap());
+    check_all(f, cf, &[x.clone(), c2, s2], &[0]);
+    // non-contiguous x (heads and time swapped back)
+    let ft: &Op = &|x| ops::rope(&x[0].transpose(1, 2).unwrap(), &x[1], &x[2]);
+    let ct: &Op = &|x| ops::composed_rope(&x[0].transpose(1, 2).unwrap(), &x[1], &x[2]);
+    check_all(ft, ct, &[rnd(&[b, t, h, d], 34, 2.0, DType::F64), cos.clone(), sin.clone()], &[0]);
+    // rotation preserves the norm of each (x_j, x_{j+D/2}) pair with a genuine cos/sin table
+    let y = ops::rope(&x, &cos, &sin).unwrap();
+    let n = |a: &Tensor| a.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    assert!((n(&y) - n(&x)).abs() < 1e-10);
+    assert!(ops::rope(&x, &cos.narrow(2, 0, 4).unwrap(), &sin).is_err());
+}
