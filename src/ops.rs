@@ -19,9 +19,66 @@ use num_traits::{Float, One, Zero};
 type CResult<T> = candle_core::Result<T>;
 
 /// A float element type the CPU kernels run on (f32 or f64).
-trait Elem: Float + WithDType {}
-impl Elem for f32 {}
-impl Elem for f64 {}
+trait Elem: Float + WithDType {
+    /// `exp`, written so that loops over it vectorise (f32: Cephes polynomial, about 1 ulp; f64: libm).
+    fn fexp(self) -> Self;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn fexp(self) -> f32 {
+        // Cephes expf: x = n ln2 + r, |r| <= ln2/2, degree-7 polynomial for exp(r), then scale by 2^n.
+        const HI: f32 = 88.376_26;
+        const LO: f32 = -87.336_55;
+        let x = self.clamp(LO, HI); // NaN stays NaN
+        // round to nearest via the 1.5 * 2^23 trick (vectorises without SSE4.1 `round`)
+        let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+        let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+        let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+            + 1.666_666_5e-1)
+            * r
+            + 5.000_000_1e-1;
+        let e = p * r * r + r + 1.0;
+        // n is an integer in [-126, 127] here (NaN casts to 0 and stays NaN through `e`)
+        let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+        if self < LO {
+            0.0
+        } else {
+            e * scale
+        }
+    }
+}
+
+impl Elem for f64 {
+    #[inline(always)]
+    fn fexp(self) -> f64 {
+        self.exp()
+    }
+}
+
+/// `sum_i f(a_i, b_i)` with eight independent accumulators so the loop vectorises.
+#[inline(always)]
+fn sum2<T: Elem>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
+    let mut acc = [T::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] = acc[k] + f(x[k], y[k]);
+        }
+    }
+    let mut s = T::zero();
+    for (&x, &y) in ra.iter().zip(rb) {
+        s = s + f(x, y);
+    }
+    acc.iter().fold(s, |u, &v| u + v)
+}
+
+/// `sum_i a_i`, vectorised.
+#[inline(always)]
+fn sum1<T: Elem>(a: &[T]) -> T {
+    sum2(a, a, |x, _| x)
+}
 
 /// The contiguous data of one op input, or an error naming the op.
 fn data<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [T]> {
@@ -54,9 +111,20 @@ fn last_dim(shape: &Shape) -> usize {
     shape.dims().last().copied().unwrap_or(1)
 }
 
-/// `-inf`-safe max of a row.
+/// `-inf`-safe max of a row (NaN entries are skipped; eight lanes so it vectorises).
 fn row_max<T: Elem>(x: &[T]) -> T {
-    x.iter().fold(T::neg_infinity(), |a, &b| if b > a { b } else { a })
+    let mut acc = [T::neg_infinity(); 8];
+    let c = x.chunks_exact(8);
+    let mut m = c.remainder().iter().fold(T::neg_infinity(), |a, &b| if b > a { b } else { a });
+    for ch in c {
+        for k in 0..8 {
+            acc[k] = if ch[k] > acc[k] { ch[k] } else { acc[k] };
+        }
+    }
+    for v in acc {
+        m = if v > m { v } else { m };
+    }
+    m
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -74,13 +142,10 @@ fn softmax_row<T: Elem>(x: &[T], mask: Option<&[T]>, y: &mut [T]) {
         None => y.copy_from_slice(x),
     }
     let mx = row_max(y);
-    let mut s = T::zero();
     for o in y.iter_mut() {
-        let e = (*o - mx).exp();
-        *o = e;
-        s = s + e;
+        *o = (*o - mx).fexp();
     }
-    let inv = T::one() / s;
+    let inv = T::one() / sum1(y);
     for o in y.iter_mut() {
         *o = *o * inv;
     }
@@ -138,7 +203,7 @@ impl CustomOp2 for SoftmaxBwdOp {
             let mut dx = vec![T::zero(); y.len()];
             if d > 0 {
                 for ((yr, gr), dr) in y.chunks_exact(d).zip(g.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
-                    let dot = yr.iter().zip(gr).fold(T::zero(), |a, (&p, &q)| a + p * q);
+                    let dot = sum2(yr, gr, |p, q| p * q);
                     for ((o, &p), &q) in dr.iter_mut().zip(yr).zip(gr) {
                         *o = p * (q - dot);
                     }
@@ -311,20 +376,21 @@ fn broadcast_last(md: &[usize], sd: &[usize]) -> Vec<usize> {
 // token log-probability (and entropy) from logits, without materialising log_softmax
 // ---------------------------------------------------------------------------------------------------------
 
-/// Per-row statistics: `(ln s, max)` with `s = sum exp(z - max)`, plus `t = sum p (z - max)` if asked.
-fn lse_row<T: Elem>(z: &[T], want_t: bool) -> (T, T, T) {
+/// Per-row statistics `(ln s, max, t)` with `s = sum exp(z - max)` and, if asked, `t = sum p (z - max)`
+/// (else 0); `buf` (row length) receives `exp(z - max)`.
+fn lse_row<T: Elem>(z: &[T], want_t: bool, buf: &mut [T]) -> (T, T, T) {
     let mx = row_max(z);
-    let mut s = T::zero();
-    let mut t = T::zero();
-    for &v in z {
-        let a = v - mx;
-        let e = a.exp();
-        s = s + e;
-        if want_t && e > T::zero() {
-            t = t + e * a;
-        }
+    for (b, &v) in buf.iter_mut().zip(z) {
+        *b = (v - mx).fexp();
     }
-    (s.ln(), mx, t / s)
+    let s = sum1(buf);
+    let t = if want_t {
+        // e == 0 (a -inf logit) contributes 0, not 0 * -inf
+        sum2(buf, z, |e, v| if e > T::zero() { e * (v - mx) } else { T::zero() }) / s
+    } else {
+        T::zero()
+    };
+    (s.ln(), mx, t)
 }
 
 /// Reads targets (u32) as indices and checks them against the vocabulary size.
@@ -372,8 +438,9 @@ impl CustomOp2 for TokenLogprobOp {
             }
             let k = if self.entropy { 2 } else { 1 };
             let mut out = vec![T::zero(); tg.len() * k];
+            let mut buf = vec![T::zero(); v];
             for ((zr, &t), o) in z.chunks_exact(v).zip(tg).zip(out.chunks_exact_mut(k)) {
-                let (ls, mx, tt) = lse_row(zr, self.entropy);
+                let (ls, mx, tt) = lse_row(zr, self.entropy, &mut buf);
                 o[0] = zr[t as usize] - mx - ls;
                 if self.entropy {
                     o[1] = ls - tt;
@@ -448,20 +515,23 @@ impl CustomOp3 for TokenLogprobBwdOp {
             for (((zr, &t), gr), dr) in
                 z.chunks_exact(v).zip(tg).zip(g.chunks_exact(k)).zip(dz.chunks_exact_mut(v))
             {
-                let (ls, mx, tt) = lse_row(zr, self.entropy);
+                // dr receives exp(z - max); p = exp(z - max) / s
+                let (ls, mx, tt) = lse_row(zr, self.entropy, dr);
                 let gl = gr[0];
+                let inv = T::one() / ls.exp();
                 if self.entropy {
                     let gh = gr[1];
                     let h = ls - tt;
                     for (o, &zi) in dr.iter_mut().zip(zr) {
+                        let p = *o * inv;
                         let lp = zi - mx - ls;
-                        let p = lp.exp();
                         // p == 0 (e.g. a -inf logit): both terms vanish; avoid 0 * -inf
                         *o = if p > T::zero() { -p * (gl + gh * (lp + h)) } else { T::zero() };
                     }
                 } else {
-                    for (o, &zi) in dr.iter_mut().zip(zr) {
-                        *o = -gl * (zi - mx - ls).exp();
+                    let c = -gl * inv;
+                    for o in dr.iter_mut() {
+                        *o = *o * c;
                     }
                 }
                 dr[t as usize] = dr[t as usize] + gl;
@@ -701,7 +771,7 @@ impl CustomOp2 for SiluMulOp {
             let y: Vec<T> = a
                 .iter()
                 .zip(b)
-                .map(|(&x, &u)| x / (T::one() + (-x).exp()) * u)
+                .map(|(&x, &u)| x / (T::one() + (-x).fexp()) * u)
                 .collect();
             Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
         })
@@ -751,7 +821,7 @@ impl CustomOp3 for SiluMulBwdOp {
             let (dg, du) = out.split_at_mut(n);
             for i in 0..n {
                 let x = a[i];
-                let s = T::one() / (T::one() + (-x).exp());
+                let s = T::one() / (T::one() + (-x).fexp());
                 let silu = x * s;
                 dg[i] = g[i] * b[i] * s * (T::one() + x * (T::one() - s));
                 du[i] = g[i] * silu;
@@ -918,5 +988,26 @@ pub fn tune_malloc() {
             mallopt(M_TRIM_THRESHOLD, 512 << 20);
             mallopt(M_TOP_PAD, 64 << 20);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Elem;
+
+    #[test]
+    fn fexp_f32_matches_libm() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, b) = (x.fexp() as f64, (x as f64).exp());
+            worst = worst.max((a - b).abs() / b);
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert_eq!((-100f32).fexp(), 0.0);
+        assert_eq!(f32::NEG_INFINITY.fexp(), 0.0);
+        assert_eq!(0f32.fexp(), 1.0);
+        assert!(f32::NAN.fexp().is_nan());
     }
 }
