@@ -63,11 +63,16 @@ pub struct ObjectiveConfig {
 
 impl Default for ObjectiveConfig {
     fn default() -> Self {
-        Self { name: "luspo".into() }
+        Self {
+            name: "luspo".into(),
+        }
     }
 }
 
 /// Evaluates the configured objective on one batch.
-pub fn policy_loss(_cfg: &ObjectiveConfig, _inputs: &PolicyInputs) -> crate::Result<ObjectiveOutput> {
+pub fn policy_loss(
+    _cfg: &ObjectiveConfig,
+    _inputs: &PolicyInputs,
+) -> crate::Result<ObjectiveOutput> {
     unimplemented!("objective::policy_loss")
 }

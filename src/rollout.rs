@@ -28,7 +28,14 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 64, eos_token_ids: vec![], stop: vec![] }
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 64,
+            eos_token_ids: vec![],
+            stop: vec![],
+        }
     }
 }
 
