@@ -427,17 +427,25 @@ fn targets_of<'a>(s: &'a CpuStorage, l: &Layout, v: usize, op: &str) -> CResult<
     Ok(t)
 }
 
-/// Fused log-softmax + gather (+ entropy): output `(N)` logp, or `(N,2)` `[logp, entropy]` per row.
+/// Fused log-softmax + gather (+ entropy): output `(..., k)` per row: `[logp, lse]` (k = 2) or
+/// `[logp, entropy, lse]` (k = 3). The log-sum-exp column is kept for the backward and never exposed.
 struct TokenLogprobOp {
     entropy: bool,
 }
 
 impl TokenLogprobOp {
+    /// Output columns per row.
+    fn k(&self) -> usize {
+        if self.entropy {
+            3
+        } else {
+            2
+        }
+    }
+
     fn out_shape(&self, targets: &Layout) -> Shape {
         let mut d = targets.dims().to_vec();
-        if self.entropy {
-            d.push(2);
-        }
+        d.push(self.k());
         Shape::from(d)
     }
 }
@@ -461,7 +469,7 @@ impl CustomOp2 for TokenLogprobOp {
             if v == 0 || z.len() != tg.len() * v {
                 bail!("{}: logits/targets shape mismatch", self.name());
             }
-            let k = if self.entropy { 2 } else { 1 };
+            let k = self.k();
             let mut out = vec![T::zero(); tg.len() * k];
             let mut buf = vec![T::zero(); v];
             for ((zr, &t), o) in z.chunks_exact(v).zip(tg).zip(out.chunks_exact_mut(k)) {
@@ -470,6 +478,7 @@ impl CustomOp2 for TokenLogprobOp {
                 if self.entropy {
                     o[1] = ls - tt;
                 }
+                o[k - 1] = mx + ls;
             }
             Ok((T::to_cpu_storage_owned(out), self.out_shape(l2)))
         })
@@ -483,7 +492,8 @@ impl CustomOp2 for TokenLogprobOp {
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let dz = if logits.device().is_cpu() {
-            let g = grad.contiguous()?;
+            // one small (..., 2k) tensor: upstream gradients, then the forward's outputs (incl. lse)
+            let g = Tensor::cat(&[grad, res], D::Minus1)?.contiguous()?;
             logits.apply_op3_no_bwd(
                 targets,
                 &g,
@@ -498,13 +508,11 @@ impl CustomOp2 for TokenLogprobOp {
             let oh =
                 candle_nn::encoding::one_hot(targets.clone(), logits.dim(D::Minus1)?, 1f32, 0f32)?
                     .to_dtype(logits.dtype())?;
-            let (gl, gh) = if self.entropy {
-                (
-                    grad.narrow(D::Minus1, 0, 1)?,
-                    Some(grad.narrow(D::Minus1, 1, 1)?),
-                )
+            let gl = grad.narrow(D::Minus1, 0, 1)?;
+            let gh = if self.entropy {
+                Some(grad.narrow(D::Minus1, 1, 1)?)
             } else {
-                (grad.unsqueeze(D::Minus1)?, None)
+                None
             };
             let mut dz = (oh - &p)?.broadcast_mul(&gl)?;
             if let Some(gh) = gh {
@@ -518,7 +526,8 @@ impl CustomOp2 for TokenLogprobOp {
     }
 }
 
-/// Gradient-free kernel: `dz = g_lp (onehot - p) - g_H p (log p + H)` per row.
+/// Gradient-free kernel: `dz = g_lp (onehot - p) - g_H p (log p + H)` per row, with `p = exp(z - lse)`;
+/// its third input holds `[upstream grads (k), forward outputs (k)]` per row.
 struct TokenLogprobBwdOp {
     entropy: bool,
 }
@@ -542,31 +551,28 @@ impl CustomOp3 for TokenLogprobBwdOp {
         float_dispatch!(s1.dtype(), self.name(), T => {
             let z = data::<T>(s1, l1, self.name())?;
             let g = data::<T>(s3, l3, self.name())?;
-            let k = if self.entropy { 2 } else { 1 };
-            if v == 0 || z.len() != tg.len() * v || g.len() != tg.len() * k {
+            let k = if self.entropy { 3 } else { 2 };
+            if v == 0 || z.len() != tg.len() * v || g.len() != tg.len() * 2 * k {
                 bail!("{}: shape mismatch", self.name());
             }
             let mut dz = vec![T::zero(); z.len()];
             for (((zr, &t), gr), dr) in
-                z.chunks_exact(v).zip(tg).zip(g.chunks_exact(k)).zip(dz.chunks_exact_mut(v))
+                z.chunks_exact(v).zip(tg).zip(g.chunks_exact(2 * k)).zip(dz.chunks_exact_mut(v))
             {
-                // dr receives exp(z - max); p = exp(z - max) / s
-                let (ls, mx, tt) = lse_row(zr, self.entropy, dr);
                 let gl = gr[0];
-                let inv = T::one() / ls.exp();
+                let lse = gr[2 * k - 1];
                 if self.entropy {
                     let gh = gr[1];
-                    let h = ls - tt;
+                    let h = gr[k + 1];
                     for (o, &zi) in dr.iter_mut().zip(zr) {
-                        let p = *o * inv;
-                        let lp = zi - mx - ls;
+                        let lp = zi - lse;
+                        let p = lp.fexp();
                         // p == 0 (e.g. a -inf logit): both terms vanish; avoid 0 * -inf
                         *o = if p > T::zero() { -p * (gl + gh * (lp + h)) } else { T::zero() };
                     }
                 } else {
-                    let c = -gl * inv;
-                    for o in dr.iter_mut() {
-                        *o *= c;
+                    for (o, &zi) in dr.iter_mut().zip(zr) {
+                        *o = -gl * (zi - lse).fexp();
                     }
                 }
                 dr[t as usize] += gl;
@@ -624,9 +630,10 @@ pub fn log_softmax_gather(logits: &Tensor, targets: &Tensor) -> crate::Result<Te
         return composed_log_softmax_gather(logits, targets);
     }
     let t = check_targets(logits, targets, "log_softmax_gather")?;
-    Ok(logits
+    let out = logits
         .contiguous()?
-        .apply_op2(&t, TokenLogprobOp { entropy: false })?)
+        .apply_op2(&t, TokenLogprobOp { entropy: false })?;
+    Ok(out.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?)
 }
 
 /// Differentiable token logprob and entropy in one pass: logits `(..., V)`, targets `(...)` →
