@@ -9,6 +9,15 @@
 //! On other devices (CUDA) every function falls back to the composed, differentiable candle ops, so model
 //! code stays device-generic. Second-order gradients are not supported (the backward kernels are leaves).
 //! The `composed_*` functions are the reference implementations used by the tests and the benchmark.
+//!
+//! Ops (all differentiable, f32/f64, any leading dims):
+//! - [`softmax_last_dim`]`(x)`; [`masked_softmax`]`(scores, mask)`; [`scaled_masked_softmax`]`(scores, scale,
+//!   mask)` = `softmax(scale*scores + mask)` for attention, mask `(B,1,T,T)` broadcast over heads.
+//! - [`log_softmax_gather`]`(logits (...,V), targets (...))` → logp `(...)`; [`token_logprob_entropy`] →
+//!   `(logp, entropy)`. Neither builds the `(...,V)` log-softmax graph.
+//! - [`rms_norm`]`(x, w, eps)`; [`rope`]`(x (B,H,T,D), cos, sin)` (HF rotate_half, cos/sin `(B,T,D)` or `(T,D)`);
+//!   [`silu_mul`]`(gate, up)` = `silu(gate) * up`.
+//! - [`tune_malloc`]: glibc allocator tuning for training loops (fewer page faults per step).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
