@@ -382,6 +382,46 @@ fn train(steps: usize, modes: &[bool]) -> R<()> {
         (b, 1),
         &Device::Cpu,
     )?;
+    {
+        // equivalence: same weights, composed vs fused logits and gradients
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let model = Tiny::new(vb, v, d, heads, ffn, nl, t)?;
+        let mut outs = Vec::new();
+        for fused in [false, true] {
+            let logits = model.forward(&ids, &pos, &mask, fused)?;
+            let lp = if fused {
+                ops::log_softmax_gather(&logits.i((.., ..t - 1, ..))?, &targets)?
+            } else {
+                ops::composed_log_softmax_gather(
+                    &logits.i((.., ..t - 1, ..))?.contiguous()?,
+                    &targets,
+                )?
+            };
+            let g = (lp * &lmask)?.sum_all()?.backward()?;
+            let gs: Vec<Tensor> = vm
+                .all_vars()
+                .iter()
+                .filter_map(|v| g.get(v.as_tensor()).cloned())
+                .collect();
+            outs.push((logits, gs));
+        }
+        let diff = |a: &Tensor, b: &Tensor| -> R<f32> {
+            Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+        };
+        let mut gmax = 0f32;
+        for (a, b) in outs[0].1.iter().zip(&outs[1].1) {
+            let scale = a.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1e-12);
+            gmax = gmax.max(diff(a, b)? / scale);
+        }
+        println!(
+            "equivalence (same weights): max |logits diff| {:.2e}, {} vs {} vars with grads, max |grad diff| / max |grad| per var {:.2e}",
+            diff(&outs[0].0, &outs[1].0)?,
+            outs[0].1.len(),
+            outs[1].1.len(),
+            gmax
+        );
+    }
     for &fused in modes {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
