@@ -384,6 +384,32 @@ fn malformed_lines_name_file_and_line() {
 }
 
 #[test]
+fn null_floats_read_as_nan_and_are_skipped() {
+    // serde_json writes a NaN metric as null; such a step must stay readable.
+    let (_g, dir) = copy_fixture("grpo-s0");
+    let path = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[3] = lines[3].replacen(
+        "\"response_length_mean\": 130.0",
+        "\"response_length_mean\": null",
+        1,
+    );
+    lines[3] = lines[3].replacen("\"loss\": 0.0", "\"loss\": null, \"kl\": null", 1);
+    std::fs::write(&path, lines.join("\n")).expect("write");
+    let run = report::load_run(&dir).expect("loads");
+    assert!(run.metrics[3].response_length_mean.is_nan() && run.metrics[3].loss.is_nan());
+    assert_eq!(run.metrics[3].kl, None);
+    let c = report::compare(&[run]);
+    // The last length is NaN, so the final-length statistic has no finite value.
+    assert_eq!(c.by_objective[0].final_response_length_mean, None);
+    // A null in a non-float field is still an error naming file and line.
+    std::fs::write(&path, lines[..3].join("\n") + "\n{\"step\": null}\n").expect("write");
+    let m = input_msg(report::load_run(&dir));
+    assert!(m.contains("metrics.jsonl: line 4:"), "{m}");
+}
+
+#[test]
 fn not_a_run_dir_and_missing_objective() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let m = input_msg(report::load_run(tmp.path()));

@@ -62,9 +62,14 @@ pub struct Stat {
 }
 
 impl Stat {
-    /// Statistics of the known values; `None` when there are none.
+    /// Statistics of the known finite values; `None` when there are none.
     pub fn of(values: &[Option<f64>]) -> Option<Stat> {
-        let v: Vec<f64> = values.iter().flatten().copied().collect();
+        let v: Vec<f64> = values
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|x| x.is_finite())
+            .collect();
         Some(Stat {
             mean: mean(&v)?,
             std: std_sample(&v)?,

@@ -75,6 +75,16 @@ impl Run {
 
 /// Reads a JSON-lines file; a malformed line is an `Error::Input` naming the file and the line.
 pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    read_lines(path, |line| {
+        serde_json::from_str(line).map_err(|e| strip_position(&e))
+    })
+}
+
+/// Parses each non-blank line of `path` with `parse`; its error is prefixed with the file and line.
+fn read_lines<T>(
+    path: &Path,
+    parse: impl Fn(&str) -> std::result::Result<T, String>,
+) -> Result<Vec<T>> {
     let file = std::fs::File::open(path)
         .map_err(|e| input_err!("{}: cannot open: {e}", path.display()))?;
     let mut out = Vec::new();
@@ -84,9 +94,7 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
         if line.is_empty() {
             continue;
         }
-        let rec = serde_json::from_str(line).map_err(|e| {
-            input_err!("{}: line {}: {}", path.display(), i + 1, strip_position(&e))
-        })?;
+        let rec = parse(line).map_err(|e| input_err!("{}: line {}: {e}", path.display(), i + 1))?;
         out.push(rec);
     }
     Ok(out)
@@ -98,6 +106,91 @@ fn strip_position(e: &serde_json::Error) -> String {
     match msg.rfind(" at line ") {
         Some(i) => format!("{} (column {})", &msg[..i], e.column()),
         None => msg,
+    }
+}
+
+/// A record whose float fields may be written as `null` (serde_json writes NaN and ±inf that way).
+pub trait NullAsNan: DeserializeOwned {
+    /// The float field named `key`, if there is one.
+    fn float_field(&mut self, key: &str) -> Option<&mut f64>;
+}
+
+impl NullAsNan for StepMetrics {
+    fn float_field(&mut self, key: &str) -> Option<&mut f64> {
+        Some(match key {
+            "reward_mean" => &mut self.reward_mean,
+            "reward_std" => &mut self.reward_std,
+            "accuracy" => &mut self.accuracy,
+            "reward_format" => &mut self.reward_format,
+            "reward_overlong" => &mut self.reward_overlong,
+            "response_length_mean" => &mut self.response_length_mean,
+            "response_length_p10" => &mut self.response_length_p10,
+            "response_length_p90" => &mut self.response_length_p90,
+            "response_length_max" => &mut self.response_length_max,
+            "response_length_correct" => &mut self.response_length_correct,
+            "response_length_incorrect" => &mut self.response_length_incorrect,
+            "truncated_frac" => &mut self.truncated_frac,
+            "frac_reward_zero_std" => &mut self.frac_reward_zero_std,
+            "entropy" => &mut self.entropy,
+            "clip_frac_low" => &mut self.clip_frac_low,
+            "clip_frac_high" => &mut self.clip_frac_high,
+            "ratio_mean" => &mut self.ratio_mean,
+            "approx_kl" => &mut self.approx_kl,
+            "loss" => &mut self.loss,
+            "grad_norm" => &mut self.grad_norm,
+            "lr" => &mut self.lr,
+            "tokens_per_s" => &mut self.tokens_per_s,
+            "step_seconds" => &mut self.step_seconds,
+            _ => return None,
+        })
+    }
+}
+
+impl NullAsNan for EvalRecord {
+    fn float_field(&mut self, key: &str) -> Option<&mut f64> {
+        Some(match key {
+            "accuracy" => &mut self.accuracy,
+            "response_length_mean" => &mut self.response_length_mean,
+            "response_length_correct" => &mut self.response_length_correct,
+            "response_length_incorrect" => &mut self.response_length_incorrect,
+            "truncated_frac" => &mut self.truncated_frac,
+            _ => return None,
+        })
+    }
+}
+
+/// Like `read_jsonl`, but a `null` in a float field reads as NaN (a diverged step stays readable;
+/// plots and statistics skip non-finite values).
+pub fn read_jsonl_nan<T: NullAsNan + Default>(path: &Path) -> Result<Vec<T>> {
+    read_lines(path, |line| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| strip_position(&e))?;
+        let mut nulls = Vec::new();
+        if let Some(obj) = v.as_object_mut() {
+            for (k, x) in obj.iter_mut() {
+                // Only float fields: a null optional field (e.g. `kl`) stays null and reads as None.
+                if x.is_null() && T::default().float_field(k).is_some() {
+                    nulls.push(k.clone());
+                    *x = serde_json::Value::from(0.0);
+                }
+            }
+        }
+        let mut rec: T = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        for k in nulls {
+            if let Some(f) = rec.float_field(&k) {
+                *f = f64::NAN;
+            }
+        }
+        Ok(rec)
+    })
+}
+
+/// Optional JSON-lines file with null floats read as NaN: absent → empty.
+fn read_jsonl_nan_opt<T: NullAsNan + Default>(path: &Path) -> Result<Vec<T>> {
+    if path.exists() {
+        read_jsonl_nan(path)
+    } else {
+        Ok(Vec::new())
     }
 }
 
@@ -183,8 +276,8 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         dir: dir.to_path_buf(),
         objective,
         seed,
-        metrics: read_jsonl_opt(&dir.join("metrics.jsonl"))?,
-        evals: read_jsonl_opt(&dir.join("eval.jsonl"))?,
+        metrics: read_jsonl_nan_opt(&dir.join("metrics.jsonl"))?,
+        evals: read_jsonl_nan_opt(&dir.join("eval.jsonl"))?,
         rollouts: read_jsonl_opt(&dir.join("rollouts.jsonl"))?,
         summary,
     })
