@@ -105,6 +105,9 @@ fn ranges(spec: &PlotSpec) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
     (x0..x1, (y0 - pad)..(y1 + pad))
 }
 
+/// Curves with at most this many points get point markers.
+const MARKER_MAX_POINTS: usize = 25;
+
 /// Width of the legend panel right of the chart, in pixels.
 const LEGEND_W: u32 = 210;
 
@@ -189,6 +192,12 @@ where
         } else {
             chart
                 .draw_series(LineSeries::new(s.points.iter().copied(), style))
+                .map_err(&err)?;
+        }
+        // Sparse curves (held-out evaluations, short runs) get a marker at each measured point.
+        if s.points.len() > 1 && s.points.len() <= MARKER_MAX_POINTS {
+            chart
+                .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, style.filled())))
                 .map_err(&err)?;
         }
     }
