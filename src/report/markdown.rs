@@ -178,7 +178,7 @@ pub fn render(cmp: &Comparison) -> String {
     let _ = writeln!(
         s,
         "Gap = mean over groups holding both signs of (mean length of A>0 − mean length of A<0): negative means \
-         the update pushes toward shorter responses. Δ/step = mean step-to-step change of the per-step mean.\n"
+         that, within a prompt, the rewarded responses were shorter than the penalised ones. Δ/step = mean step-to-step change of the per-step mean.\n"
     );
     let _ = writeln!(
         s,
