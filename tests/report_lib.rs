@@ -296,7 +296,7 @@ fn writes_json_report_and_plots() {
     let runs = report::load_runs(&all_runs()).expect("load");
     let c = report::write_comparison(&runs, out.path()).expect("write");
     let files = report::output_files(out.path());
-    assert_eq!(files.len(), 2 + 2 * report::plot_names().len());
+    assert_eq!(files.len(), 3 + 2 * report::plot_names().len());
     assert_eq!(c.plots.len(), report::plot_names().len());
     for f in &files {
         let bytes = std::fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
@@ -342,6 +342,14 @@ fn writes_json_report_and_plots() {
     ));
     assert!(md.contains("| luspo | 1 | 20.0% | 60.0% | +40.0 pt | 100.0 | 90.0 | -10.0 |"));
     assert!(md.contains("| grpo | 0 | 4 | 23.5 | 4.1 | 20.0 | 22.0 | 28.2 | 8.0 | 25.0 → 22.0 |"));
+    let html = std::fs::read_to_string(out.path().join("report.html")).expect("report.html");
+    assert!(html.contains("<img src=\"plots/response_length.png\""));
+    assert!(html.contains("<tr><td>luspo</td><td>1</td><td>20.0%</td><td>60.0%</td>"));
+    assert_eq!(
+        html.matches("<table>").count(),
+        md.lines().filter(|l| l.starts_with("|---")).count()
+    );
+    assert!(!html.contains("| grpo"));
 }
 
 #[test]

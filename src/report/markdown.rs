@@ -231,3 +231,82 @@ pub fn render(cmp: &Comparison) -> String {
     );
     s
 }
+
+/// Escapes text for HTML and turns `code` spans into `<code>`.
+fn inline_html(text: &str) -> String {
+    let esc = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let mut out = String::new();
+    for (i, part) in esc.split('`').enumerate() {
+        if i % 2 == 1 {
+            let _ = write!(out, "<code>{part}</code>");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+/// Splits a Markdown table row into its cells.
+fn cells(row: &str) -> Vec<&str> {
+    let inner = row.trim().trim_start_matches('|').trim_end_matches('|');
+    inner.split('|').map(str::trim).collect()
+}
+
+/// A standalone HTML page with the same content as `render` (headings, paragraphs, tables, images).
+pub fn render_html(cmp: &Comparison) -> String {
+    let md = render(cmp);
+    let mut s = String::from(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>luspo comparison</title>\n<style>\
+         body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}\
+         table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}\
+         td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>\n",
+    );
+    let lines: Vec<&str> = md.lines().collect();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        if line.starts_with('|') {
+            let head = cells(line);
+            let _ = write!(s, "<table><tr>");
+            for h in head {
+                let _ = write!(s, "<th>{}</th>", inline_html(h));
+            }
+            let _ = writeln!(s, "</tr>");
+            i += 2; // header and separator rows
+            while i < lines.len() && lines[i].starts_with('|') {
+                let _ = write!(s, "<tr>");
+                for c in cells(lines[i]) {
+                    let _ = write!(s, "<td>{}</td>", inline_html(c));
+                }
+                let _ = writeln!(s, "</tr>");
+                i += 1;
+            }
+            let _ = writeln!(s, "</table>");
+            continue;
+        }
+        if let Some(h) = line.strip_prefix("### ") {
+            let _ = writeln!(s, "<h3>{}</h3>", inline_html(h));
+        } else if let Some(h) = line.strip_prefix("## ") {
+            let _ = writeln!(s, "<h2>{}</h2>", inline_html(h));
+        } else if let Some(h) = line.strip_prefix("# ") {
+            let _ = writeln!(s, "<h1>{}</h1>", inline_html(h));
+        } else if let Some(img) = line.strip_prefix("![") {
+            let (alt, rest) = img.split_once("](").unwrap_or((img, ")"));
+            let src = rest.trim_end_matches(')');
+            let _ = writeln!(
+                s,
+                "<p><img src=\"{}\" alt=\"{}\"></p>",
+                inline_html(src),
+                inline_html(alt)
+            );
+        } else if !line.trim().is_empty() {
+            let _ = writeln!(s, "<p>{}</p>", inline_html(line));
+        }
+        i += 1;
+    }
+    s.push_str("</body></html>\n");
+    s
+}

@@ -1,7 +1,8 @@
 //! Plots (SVG and PNG), length analysis, `compare.json` and the Markdown report for finished runs.
 //! Used by `luspo report RUN_DIR...` and, after training, by `luspo compare`.
 //!
-//! Output folder layout: `compare.json`, `report.md`, `plots/<name>.svg` and `plots/<name>.png`.
+//! Output folder layout: `compare.json`, `report.md`, `report.html` (same content), `plots/<name>.svg` and
+//! `plots/<name>.png`.
 
 pub mod analysis;
 pub mod markdown;
@@ -442,7 +443,7 @@ fn plot_specs(cmp: &Comparison) -> Vec<PlotSpec> {
     ]
 }
 
-/// Writes `compare.json`, `report.md` and `plots/*.{svg,png}` for `runs` into `out_dir`
+/// Writes `compare.json`, `report.md`, `report.html` and `plots/*.{svg,png}` for `runs` into `out_dir`
 /// (created if needed); returns the comparison written.
 pub fn write_comparison(runs: &[Run], out_dir: &Path) -> Result<Comparison> {
     if runs.is_empty() {
@@ -461,6 +462,10 @@ pub fn write_comparison(runs: &[Run], out_dir: &Path) -> Result<Comparison> {
     write_atomic(
         &out_dir.join("report.md"),
         markdown::render(&cmp).as_bytes(),
+    )?;
+    write_atomic(
+        &out_dir.join("report.html"),
+        markdown::render_html(&cmp).as_bytes(),
     )?;
     Ok(cmp)
 }
@@ -485,7 +490,11 @@ pub fn plot_names() -> Vec<String> {
 
 /// Paths of the files `write_comparison` writes into `out_dir`.
 pub fn output_files(out_dir: &Path) -> Vec<PathBuf> {
-    let mut v = vec![out_dir.join("compare.json"), out_dir.join("report.md")];
+    let mut v = vec![
+        out_dir.join("compare.json"),
+        out_dir.join("report.md"),
+        out_dir.join("report.html"),
+    ];
     for n in plot_names() {
         v.push(out_dir.join("plots").join(format!("{n}.svg")));
         v.push(out_dir.join("plots").join(format!("{n}.png")));

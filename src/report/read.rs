@@ -211,10 +211,12 @@ pub fn is_run_dir(dir: &Path) -> bool {
 /// Reads one run directory.
 pub fn load_run(dir: &Path) -> Result<Run> {
     if !dir.is_dir() {
-        return Err(input_err!(
-            "{}: not a run directory (no such directory)",
-            dir.display()
-        ));
+        let why = if dir.exists() {
+            "not a directory"
+        } else {
+            "no such directory"
+        };
+        return Err(input_err!("{}: not a run directory ({why})", dir.display()));
     }
     if !is_run_dir(dir) {
         return Err(input_err!(
