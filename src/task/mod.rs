@@ -16,7 +16,7 @@
 //! - `jsonl` / `parquet`: files (see [`files`]); the math verifier.
 //!
 //! Train/eval disjointness for procedural families: a problem belongs to the eval split iff a fixed 64-bit hash
-//! (FNV-1a) of its id falls below `eval_fraction`; generators draw until the problem lands in the asked split,
+//! (FNV-1a + fmix64) of its id falls below `eval_fraction`; generators draw until the problem lands in the asked split,
 //! so the same problem never appears in both splits, whatever the seeds.
 
 mod addition;
@@ -96,7 +96,7 @@ pub enum Split {
 pub struct TaskConfig {
     /// Family or reader: `parity`, `addition`, `countdown`, `wordproblem`, `jsonl`, `parquet`. Default `parity`.
     pub name: String,
-    /// Share of the procedural problem space held out for evaluation (by hash of the problem), or of a file's rows
+    /// Share of the procedural problem space held out for evaluation (by hash of the problem id), or of a file's rows
     /// when no `eval_path` is given. Default 0.1.
     pub eval_fraction: f64,
     /// Number of eval problems `train` draws for its fixed eval set. Default 200.
@@ -131,7 +131,7 @@ pub struct TaskConfig {
     pub wp_max_value: u32,
     /// Word problems: how the answer must be given, `hash` (`#### N`) or `boxed` (`\boxed{N}`). Default `hash`.
     pub wp_answer_format: String,
-    /// Files: the train file (`.jsonl` or `.parquet`). Default empty.
+    /// Files: the train file (format from `name`: `jsonl` or `parquet`). Default empty.
     pub path: String,
     /// Files: a separate eval file; when set, all of `path` is train and all of `eval_path` is eval. Default empty.
     pub eval_path: String,
@@ -263,14 +263,20 @@ pub fn build(cfg: &TaskConfig) -> Result<Box<dyn Task>> {
     }
 }
 
-/// FNV-1a 64-bit hash (fixed across platforms and versions; used for split membership).
+/// FNV-1a 64-bit hash with a murmur3 `fmix64` finaliser (fixed across platforms and versions; used for split
+/// membership). The finaliser matters: plain FNV-1a barely moves its top bits for ids that differ in the last
+/// character (`100`..`104` all land within 1e-6 of each other).
 pub fn stable_hash(s: &str) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in s.as_bytes() {
         h ^= *b as u64;
         h = h.wrapping_mul(0x100000001b3);
     }
-    h
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51afd7ed558ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ceb9fe1a85ec53);
+    h ^ (h >> 33)
 }
 
 /// The split a problem id belongs to when `eval_fraction` of the space is held out.
