@@ -490,6 +490,11 @@ fn wordproblem_prompts_are_chat_and_demos_end_with_answer() {
         assert!(p.answer.parse::<i64>().unwrap() >= 0);
         let d = t.demo(p, "steps", &mut r).unwrap();
         assert!(d.ends_with(&format!("#### {}", p.answer)), "{d}");
+        // The worked steps arrive at the answer: the last `= X.` of the explanation is the gold.
+        let last_eq = d.rsplit_once("= ").unwrap().1.split('.').next().unwrap();
+        assert_eq!(last_eq, p.answer, "{d}");
+        let steps = d.matches(" = ").count();
+        assert_eq!(t.difficulty_of(p), Some(steps), "{d}");
     }
     let tb = build(&TaskConfig {
         wp_answer_format: "boxed".into(),
@@ -515,4 +520,21 @@ fn split_hash_spreads_similar_ids() {
         .filter(|i| split_of(&format!("P{i:b}:"), 0.5) == Split::Eval)
         .count();
     assert!((430..=570).contains(&eval), "{eval}");
+}
+
+#[test]
+fn difficulty_of_problems() {
+    let t = build(&cfg("parity")).unwrap();
+    assert_eq!(t.difficulty_of(&text_problem("P1011:", "1")), Some(4));
+    let t = build(&cfg("addition")).unwrap();
+    assert_eq!(
+        t.difficulty_of(&text_problem("A4729+386:", "5115")),
+        Some(4)
+    );
+    assert_eq!(t.difficulty_of(&text_problem("P1011:", "1")), None);
+    let t = build(&cfg("countdown")).unwrap();
+    assert_eq!(
+        t.difficulty_of(&text_problem("C3,7,9,2>30:", "3,7,9,2>30")),
+        Some(4)
+    );
 }

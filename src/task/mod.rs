@@ -209,8 +209,14 @@ pub trait Task: Send + Sync {
     fn verifier(&self) -> Verifier;
     /// Every character prompts and responses can contain (for a char-level tokenizer); `None` for text tasks.
     fn alphabet(&self) -> Option<String>;
-    /// A response length (characters for char-level tasks, tokens roughly for text tasks) that no demo exceeds.
+    /// A response length (characters for char-level tasks, tokens roughly for text tasks) that demos do not
+    /// exceed (with filler: a 4-sigma bound on the inserted `.`, so exceeded by well under 1 demo in 10^4).
     fn max_response_len_hint(&self) -> usize;
+    /// The difficulty of a problem for per-difficulty accuracy (PAR: digits, ADD: digits of the longest operand,
+    /// CD: how many numbers, word problems: steps); `None` where the task has no such notion.
+    fn difficulty_of(&self, _problem: &Problem) -> Option<usize> {
+        None
+    }
     /// The style sampler of the SFT mix: (style, weight) pairs with weights summing to 1.
     fn style_mix(&self) -> Vec<(String, f64)>;
     /// A demo in a style drawn from `style_mix`: returns (style, text).
@@ -389,6 +395,16 @@ pub(crate) fn with_filler(work: &str, answer: &str, p: f64, rng: &mut TaskRng) -
     out.push_str("####");
     out.push_str(answer);
     out
+}
+
+/// Length bound of `work` characters after filler insertion with probability `p` (mean + 4 sd, at most 2×).
+pub(crate) fn filler_bound(work: usize, p: f64) -> usize {
+    if p <= 0.0 || work == 0 {
+        return work;
+    }
+    let w = work as f64;
+    let b = w * (1.0 + p) + 4.0 * (w * p * (1.0 - p)).sqrt() + 1.0;
+    (b.ceil() as usize).min(2 * work)
 }
 
 /// Parses a `g<k>` style name (k ≥ 1).
