@@ -66,6 +66,10 @@ const MATH_TABLE: &[(&str, &str, &str, bool)] = &[
     ("mv", "-0.5", "\\boxed{-\\frac{1}{2}}", true),
     ("ours", "-5", "\\boxed{- 5}", true),
     ("mv", "\\frac{7}{2}", "\\boxed{\\frac72}", true),
+    // 6-place rounding ties go away from zero (1/128 = 0.0078125; math-verify unchecked here)
+    ("ours", "\\frac{1}{128}", "\\boxed{0.007813}", true),
+    ("ours", "\\frac{1}{128}", "\\boxed{0.007812}", false),
+    ("ours", "-\\frac{1}{128}", "\\boxed{-0.007813}", true),
     // thousands separators only in valid positions (§4.6)
     ("ours", "12", "\\boxed{1,2}", false),
     ("ours", "1234", "\\boxed{12,34}", false),

@@ -176,6 +176,7 @@ pub struct Countdown {
     m: usize,
     t_min: i64,
     t_max: i64,
+    exactly_once: bool,
     eval_fraction: f64,
     filler_prob: f64,
     mix: Vec<(String, f64)>,
@@ -213,6 +214,7 @@ impl Countdown {
             m: cfg.cd_numbers,
             t_min: cfg.cd_target_min,
             t_max: cfg.cd_target_max,
+            exactly_once: cfg.cd_exactly_once,
             eval_fraction: cfg.eval_fraction,
             filler_prob: cfg.filler_prob,
             mix,
@@ -356,7 +358,9 @@ impl Task for Countdown {
         Some(format!("a{}", body.matches('|').count()))
     }
     fn verifier(&self) -> Verifier {
-        Verifier::Countdown { exactly_once: true }
+        Verifier::Countdown {
+            exactly_once: self.exactly_once,
+        }
     }
     fn alphabet(&self) -> Option<String> {
         Some("0123456789C,>:+-*/()=x!|#.".into())

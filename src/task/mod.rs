@@ -127,6 +127,8 @@ pub struct TaskConfig {
     pub cd_target_min: i64,
     /// CD: largest target. Default 50.
     pub cd_target_max: i64,
+    /// CD: the answer must use every number exactly once (else at most once). Default true.
+    pub cd_exactly_once: bool,
     /// Word problems: largest quantity in a problem. Default 50.
     pub wp_max_value: u32,
     /// Word problems: how the answer must be given, `hash` (`#### N`) or `boxed` (`\boxed{N}`). Default `hash`.
@@ -171,6 +173,7 @@ impl Default for TaskConfig {
             cd_numbers: 3,
             cd_target_min: 10,
             cd_target_max: 50,
+            cd_exactly_once: true,
             wp_max_value: 50,
             wp_answer_format: "hash".into(),
             path: String::new(),
