@@ -10,10 +10,10 @@
 //! code stays device-generic. Second-order gradients are not supported (the backward kernels are leaves).
 //! The `composed_*` functions are the reference implementations used by the tests and the benchmark.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType, D,
 };
+use candle_core::backend::BackendStorage;
 use num_traits::{Float, One, Zero};
 
 type CResult<T> = candle_core::Result<T>;
@@ -31,11 +31,10 @@ impl Elem for f32 {
         const HI: f32 = 88.376_26;
         const LO: f32 = -87.336_55;
         let x = self.clamp(LO, HI); // NaN stays NaN
-                                    // round to nearest via the 1.5 * 2^23 trick (vectorises without SSE4.1 `round`)
+        // round to nearest via the 1.5 * 2^23 trick (vectorises without SSE4.1 `round`)
         let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
         let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-        let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-            * r
+        let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
             + 1.666_666_5e-1)
             * r
             + 5.000_000_1e-1;
@@ -116,10 +115,7 @@ fn last_dim(shape: &Shape) -> usize {
 fn row_max<T: Elem>(x: &[T]) -> T {
     let mut acc = [T::neg_infinity(); 8];
     let c = x.chunks_exact(8);
-    let mut m = c
-        .remainder()
-        .iter()
-        .fold(T::neg_infinity(), |a, &b| if b > a { b } else { a });
+    let mut m = c.remainder().iter().fold(T::neg_infinity(), |a, &b| if b > a { b } else { a });
     for ch in c {
         for k in 0..8 {
             acc[k] = if ch[k] > acc[k] { ch[k] } else { acc[k] };
@@ -221,8 +217,7 @@ impl CustomOp2 for SoftmaxBwdOp {
 /// Softmax backward from the output `y` and upstream gradient `g` (device-generic).
 fn softmax_bwd(y: &Tensor, g: &Tensor) -> CResult<Tensor> {
     if y.device().is_cpu() {
-        y.contiguous()?
-            .apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBwdOp)
+        y.contiguous()?.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBwdOp)
     } else {
         let dot = (g * y)?.sum_keepdim(D::Minus1)?;
         y * g.broadcast_sub(&dot)?
@@ -314,16 +309,8 @@ impl CustomOp2 for MaskedSoftmaxOp {
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let dx = softmax_bwd(res, grad)?;
         // `mask` here is the broadcast view; candle routes its gradient back through broadcast_as.
-        let dm = if mask.track_op() {
-            Some(dx.clone())
-        } else {
-            None
-        };
-        let dx = if self.scale != 1.0 {
-            (dx * self.scale)?
-        } else {
-            dx
-        };
+        let dm = if mask.track_op() { Some(dx.clone()) } else { None };
+        let dx = if self.scale != 1.0 { (dx * self.scale)? } else { dx };
         Ok((Some(dx), dm))
     }
 }
@@ -371,15 +358,9 @@ pub fn scaled_masked_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> crat
         mask.contiguous()?
     };
     let mb = mask.broadcast_as(sd).map_err(|_| {
-        crate::input_err!(
-            "scaled_masked_softmax: mask {:?} does not broadcast to scores {:?}",
-            md,
-            sd
-        )
+        crate::input_err!("scaled_masked_softmax: mask {:?} does not broadcast to scores {:?}", md, sd)
     })?;
-    Ok(scores
-        .contiguous()?
-        .apply_op2(&mb, MaskedSoftmaxOp { scale })?)
+    Ok(scores.contiguous()?.apply_op2(&mb, MaskedSoftmaxOp { scale })?)
 }
 
 /// `md` with its last dim replaced by the scores' last dim.
@@ -405,13 +386,7 @@ fn lse_row<T: Elem>(z: &[T], want_t: bool, buf: &mut [T]) -> (T, T, T) {
     let s = sum1(buf);
     let t = if want_t {
         // e == 0 (a -inf logit) contributes 0, not 0 * -inf
-        sum2(buf, z, |e, v| {
-            if e > T::zero() {
-                e * (v - mx)
-            } else {
-                T::zero()
-            }
-        }) / s
+        sum2(buf, z, |e, v| if e > T::zero() { e * (v - mx) } else { T::zero() }) / s
     } else {
         T::zero()
     };
@@ -484,25 +459,15 @@ impl CustomOp2 for TokenLogprobOp {
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let dz = if logits.device().is_cpu() {
             let g = grad.contiguous()?;
-            logits.apply_op3_no_bwd(
-                targets,
-                &g,
-                &TokenLogprobBwdOp {
-                    entropy: self.entropy,
-                },
-            )?
+            logits.apply_op3_no_bwd(targets, &g, &TokenLogprobBwdOp { entropy: self.entropy })?
         } else {
             // composed fallback (only reached if a CPU-created graph moved device; kept for completeness)
             let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
             let p = lsm.exp()?;
-            let oh =
-                candle_nn::encoding::one_hot(targets.clone(), logits.dim(D::Minus1)?, 1f32, 0f32)?
-                    .to_dtype(logits.dtype())?;
+            let oh = candle_nn::encoding::one_hot(targets.clone(), logits.dim(D::Minus1)?, 1f32, 0f32)?
+                .to_dtype(logits.dtype())?;
             let (gl, gh) = if self.entropy {
-                (
-                    grad.narrow(D::Minus1, 0, 1)?,
-                    Some(grad.narrow(D::Minus1, 1, 1)?),
-                )
+                (grad.narrow(D::Minus1, 0, 1)?, Some(grad.narrow(D::Minus1, 1, 1)?))
             } else {
                 (grad.unsqueeze(D::Minus1)?, None)
             };
@@ -598,9 +563,7 @@ fn check_targets(logits: &Tensor, targets: &Tensor, op: &str) -> crate::Result<T
 pub fn composed_log_softmax_gather(logits: &Tensor, targets: &Tensor) -> crate::Result<Tensor> {
     let t = check_targets(logits, targets, "log_softmax_gather")?;
     let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    Ok(lsm
-        .gather(&t.unsqueeze(D::Minus1)?, D::Minus1)?
-        .squeeze(D::Minus1)?)
+    Ok(lsm.gather(&t.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?)
 }
 
 /// Composed (reference) token logprob and entropy `-(p * log p).sum(-1)` with candle ops.
@@ -610,9 +573,7 @@ pub fn composed_token_logprob_entropy(
 ) -> crate::Result<(Tensor, Tensor)> {
     let t = check_targets(logits, targets, "token_logprob_entropy")?;
     let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let lp = lsm
-        .gather(&t.unsqueeze(D::Minus1)?, D::Minus1)?
-        .squeeze(D::Minus1)?;
+    let lp = lsm.gather(&t.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?;
     let h = (lsm.exp()? * &lsm)?.sum(D::Minus1)?.neg()?;
     Ok((lp, h))
 }
@@ -624,9 +585,7 @@ pub fn log_softmax_gather(logits: &Tensor, targets: &Tensor) -> crate::Result<Te
         return composed_log_softmax_gather(logits, targets);
     }
     let t = check_targets(logits, targets, "log_softmax_gather")?;
-    Ok(logits
-        .contiguous()?
-        .apply_op2(&t, TokenLogprobOp { entropy: false })?)
+    Ok(logits.contiguous()?.apply_op2(&t, TokenLogprobOp { entropy: false })?)
 }
 
 /// Differentiable token logprob and entropy in one pass: logits `(..., V)`, targets `(...)` →
@@ -636,9 +595,7 @@ pub fn token_logprob_entropy(logits: &Tensor, targets: &Tensor) -> crate::Result
         return composed_token_logprob_entropy(logits, targets);
     }
     let t = check_targets(logits, targets, "token_logprob_entropy")?;
-    let out = logits
-        .contiguous()?
-        .apply_op2(&t, TokenLogprobOp { entropy: true })?;
+    let out = logits.contiguous()?.apply_op2(&t, TokenLogprobOp { entropy: true })?;
     let lp = out.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
     let h = out.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
     Ok((lp, h))
@@ -968,9 +925,7 @@ impl CustomOp3 for RopeOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dx = grad
-            .contiguous()?
-            .apply_op3_no_bwd(cos, sin, &RopeOp { transpose: true })?;
+        let dx = grad.contiguous()?.apply_op3_no_bwd(cos, sin, &RopeOp { transpose: true })?;
         Ok((Some(dx), None, None))
     }
 }
@@ -1011,8 +966,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> crate::Result<Tensor> {
     }
     let cos = cos.to_dtype(x.dtype())?.detach().contiguous()?;
     let sin = sin.to_dtype(x.dtype())?.detach().contiguous()?;
-    Ok(x.contiguous()?
-        .apply_op3(&cos, &sin, RopeOp { transpose: false })?)
+    Ok(x.contiguous()?.apply_op3(&cos, &sin, RopeOp { transpose: false })?)
 }
 
 /// Tunes glibc malloc for training loops (no-op elsewhere): keeps freed memory instead of returning it to the

@@ -116,9 +116,7 @@ pub struct RopeFreqs {
 impl Config {
     /// The RoPE settings object: `rope_parameters` (transformers 5) if present, else `rope_scaling`.
     fn rope_settings(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
-        fn pick(
-            v: &Option<serde_json::Value>,
-        ) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        fn pick(v: &Option<serde_json::Value>) -> Option<&serde_json::Map<String, serde_json::Value>> {
             v.as_ref().and_then(|v| v.as_object())
         }
         pick(&self.rope_parameters).or_else(|| pick(&self.rope_scaling))
@@ -149,9 +147,7 @@ impl Config {
     pub fn rope_freqs(&self, f32_like_torch: bool) -> crate::Result<RopeFreqs> {
         let dim = self.head_dim();
         if dim % 2 != 0 {
-            return Err(crate::input_err!(
-                "config.json: head_dim {dim} must be even for RoPE"
-            ));
+            return Err(crate::input_err!("config.json: head_dim {dim} must be even for RoPE"));
         }
         let base = self.rope_base();
         let half = dim / 2;
@@ -173,12 +169,7 @@ impl Config {
             settings
                 .and_then(|m| m.get(key))
                 .and_then(|v| v.as_f64())
-                .ok_or_else(|| {
-                    crate::input_err!(
-                        "config.json: rope scaling `{}` needs numeric key `{key}`",
-                        self.rope_type()
-                    )
-                })
+                .ok_or_else(|| crate::input_err!("config.json: rope scaling `{}` needs numeric key `{key}`", self.rope_type()))
         };
         let opt = |key: &str| settings.and_then(|m| m.get(key)).and_then(|v| v.as_f64());
         let ty = self.rope_type();
@@ -257,9 +248,6 @@ impl Config {
 
     /// Initializer standard deviation: `initializer_range` if the config has it, else 0.02 (HF's default).
     pub fn initializer_range(&self) -> f64 {
-        self.extra
-            .get("initializer_range")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(0.02)
+        self.extra.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02)
     }
 }
