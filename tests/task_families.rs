@@ -538,3 +538,21 @@ fn difficulty_of_problems() {
         Some(4)
     );
 }
+
+#[test]
+fn char_tokenizer_round_trips_prompts_and_demos() {
+    for mut c in families() {
+        c.filler_prob = 0.2;
+        let t = build(&c).unwrap();
+        let Some(alpha) = t.alphabet() else { continue };
+        let tok = luspo::model::tokenizer::Tok::char_level(&alpha, &["<eos>", "<pad>"]).unwrap();
+        let mut r = rng();
+        for p in t.problems(Split::Eval, 10, 2).unwrap() {
+            let (_, d) = t.sample_demo(&p, &mut r).unwrap();
+            let text = format!("{}{d}", p.prompt.flat());
+            let ids = tok.encode(&text, false).unwrap();
+            assert_eq!(ids.len(), text.chars().count(), "one token per character");
+            assert_eq!(tok.decode(&ids, true).unwrap(), text);
+        }
+    }
+}
