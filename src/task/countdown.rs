@@ -335,10 +335,16 @@ impl Task for Countdown {
         } else {
             let k =
                 parse_a(style).ok_or_else(|| input_err!("countdown: unknown style `{style}`"))?;
-            let mut attempts = Vec::new();
-            for _ in 0..k {
+            // k distinct failed attempts where the puzzle has that many (a few retries against repeats).
+            let mut attempts: Vec<String> = Vec::new();
+            let mut tries = 0;
+            while attempts.len() < k && tries < 8 * (k + 1) {
+                tries += 1;
                 if let Some(f) = self.failed_attempt(&nums, target, rng) {
-                    attempts.push(format!("{}x", render(&f)));
+                    let a = format!("{}x", render(&f));
+                    if !attempts.contains(&a) || tries >= 4 * (k + 1) {
+                        attempts.push(a);
+                    }
                 }
             }
             attempts.push(format!("{}!", render(&steps)));
