@@ -11,9 +11,8 @@
 //! Log-probs everywhere are `log_softmax(logits)` of the model at temperature 1 (the raw policy), whatever the
 //! sampling temperature/top-k/top-p: the quantity the trainer's objective uses for importance ratios.
 
-use crate::model::transformer::log_softmax_diff;
 use crate::model::{KvCache, Transformer};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 
 /// Sampling settings.
@@ -429,15 +428,12 @@ pub fn token_logprobs(model: &Transformer, batch: &Batch) -> crate::Result<(Tens
     }
     let h = model.hidden_states(&batch.ids, &batch.attention_mask)?;
     let logits = model.lm_head(&h.narrow(1, 0, t - 1)?)?;
-    let logp_all = log_softmax_diff(&logits)?;
-    let targets = batch
-        .ids
-        .narrow(1, 1, t - 1)?
-        .contiguous()?
-        .unsqueeze(D::Minus1)?;
-    let logp = logp_all.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?;
-    let entropy = (logp_all.exp()? * &logp_all)?.sum(D::Minus1)?.neg()?;
-    Ok((logp, entropy))
+    let targets = batch.ids.narrow(1, 1, t - 1)?.contiguous()?;
+    if model.reference_ops() {
+        crate::ops::composed_token_logprob_entropy(&logits, &targets)
+    } else {
+        crate::ops::token_logprob_entropy(&logits, &targets)
+    }
 }
 
 /// Per-token log-probs of whole sequences, no gradient: a row of n ids gives n−1 values (`log p(id_t | id_<t)`).
@@ -477,14 +473,8 @@ pub fn score(
         let am = Tensor::from_vec(am, (b, t), &device)?;
         let h = model.hidden_states_no_grad(&ids, &am)?;
         let logits = model.lm_head_no_grad(&h.narrow(1, 0, t - 1)?)?;
-        let logp_all = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let targets = ids
-            .narrow(1, 1, t - 1)?
-            .contiguous()?
-            .unsqueeze(D::Minus1)?;
-        let logp: Vec<Vec<f32>> = logp_all
-            .gather(&targets, D::Minus1)?
-            .squeeze(D::Minus1)?
+        let targets = ids.narrow(1, 1, t - 1)?.contiguous()?;
+        let logp: Vec<Vec<f32>> = crate::ops::log_softmax_gather(&logits, &targets)?
             .to_dtype(DType::F32)?
             .to_vec2()?;
         for (bi, &i) in chunk.iter().enumerate() {

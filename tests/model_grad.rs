@@ -208,3 +208,49 @@ fn finite_differences_f64() {
         eprintln!("{kind}: worst relative error {worst:.2e} over {checked} entries");
     }
 }
+
+/// The fused `crate::ops` training path and the composed candle reference give the same loss and gradients.
+#[test]
+fn fused_ops_match_composed_reference() {
+    for kind in ["llama_bias", "qwen2"] {
+        let cfg = tiny_config(kind);
+        let (mut model, varmap) = tiny_model(&cfg, DType::F64, 31);
+        let b = batch(cfg.vocab_size, DType::F64);
+        let l1 = loss(&model, &b);
+        let g1 = l1.backward().unwrap();
+        model.set_reference_ops(true);
+        let l2 = loss(&model, &b);
+        let g2 = l2.backward().unwrap();
+        let (l1, l2) = (
+            l1.to_scalar::<f64>().unwrap(),
+            l2.to_scalar::<f64>().unwrap(),
+        );
+        assert!(
+            (l1 - l2).abs() < 1e-10 * l1.abs().max(1.0),
+            "{kind}: loss {l1} vs {l2}"
+        );
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let a: Vec<f64> = g1
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let c: Vec<f64> = g2
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let scale = c.iter().fold(0f64, |m, x| m.max(x.abs()));
+            for (x, y) in a.iter().zip(&c) {
+                assert!(
+                    (x - y).abs() <= 1e-9 * scale + 1e-14,
+                    "{kind} {name}: fused {x} vs composed {y}"
+                );
+            }
+        }
+    }
+}

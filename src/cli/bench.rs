@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// Timed train steps (after one warm-up step).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// Use candle's composed differentiable ops on the training path (the slow reference) instead of `crate::ops`.
+    #[arg(long)]
+    pub composed: bool,
     /// Skip generation.
     #[arg(long)]
     pub no_gen: bool,
@@ -54,20 +57,31 @@ pub fn tiny_bench_config() -> Config {
 
 /// Runs `luspo bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    crate::ops::tune_malloc();
     let config = match &args.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            serde_json::from_str::<Config>(&text).with_context(|| format!("parsing {}", p.display()))?
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str::<Config>(&text)
+                .with_context(|| format!("parsing {}", p.display()))?
         }
         None => tiny_bench_config(),
     };
     let device = Device::Cpu;
     let varmap = VarMap::new();
-    let model = Transformer::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    let mut model = Transformer::new(
+        &config,
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+    )?;
+    model.set_reference_ops(args.composed);
     model.init_weights(&varmap, 0)?;
-    let nparams: usize = model.named_parameters().iter().map(|(_, t)| t.elem_count()).sum();
+    let nparams: usize = model
+        .named_parameters()
+        .iter()
+        .map(|(_, t)| t.elem_count())
+        .sum();
     println!(
-        "model: {} layers, d={}, heads {}/{}, ffn {}, vocab {}, {:.2} M params, f32, rayon threads {}",
+        "model: {} layers, d={}, heads {}/{}, ffn {}, vocab {}, {:.2} M params, f32, rayon threads {}, {} ops",
         config.num_hidden_layers,
         config.hidden_size,
         config.num_attention_heads,
@@ -75,12 +89,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         config.intermediate_size,
         config.vocab_size,
         nparams as f64 / 1e6,
-        candle_core::utils::get_num_threads()
+        candle_core::utils::get_num_threads(),
+        if args.composed { "composed" } else { "fused" }
     );
     let v = config.vocab_size as u32;
     let mut x = 12345u64;
     let mut tok = move || {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((x >> 33) % v as u64) as u32
     };
     if !args.no_gen {
@@ -91,10 +108,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     (0..len.max(1)).map(|_| tok()).collect()
                 })
                 .collect();
-            let params = SamplingParams { temperature: 1.0, max_new_tokens: args.new_tokens, ..Default::default() };
+            let params = SamplingParams {
+                temperature: 1.0,
+                max_new_tokens: args.new_tokens,
+                ..Default::default()
+            };
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
             // warm-up
-            generate(&model, &prompts[..1], &SamplingParams { max_new_tokens: 4, ..params.clone() }, &mut rng)?;
+            generate(
+                &model,
+                &prompts[..1],
+                &SamplingParams {
+                    max_new_tokens: 4,
+                    ..params.clone()
+                },
+                &mut rng,
+            )?;
             let t0 = Instant::now();
             let out = generate(&model, &prompts, &params, &mut rng)?;
             let dt = t0.elapsed().as_secs_f64();
@@ -117,12 +146,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             })
             .collect();
         let batch = Batch::from_pairs(&pairs, 0, DType::F32, &device)?;
-        let mut opt = candle_nn::AdamW::new(varmap.all_vars(), candle_nn::ParamsAdamW { lr: 1e-4, ..Default::default() })?;
+        let mut opt = candle_nn::AdamW::new(
+            varmap.all_vars(),
+            candle_nn::ParamsAdamW {
+                lr: 1e-4,
+                ..Default::default()
+            },
+        )?;
         let mut times = vec![];
         for step in 0..=args.steps {
             let t0 = Instant::now();
             let (logp, _ent) = token_logprobs(&model, &batch)?;
-            let loss = (logp * &batch.response_mask)?.sum_all()?.neg()?.affine(1.0 / (b * t) as f64, 0.0)?;
+            let loss = (logp * &batch.response_mask)?
+                .sum_all()?
+                .neg()?
+                .affine(1.0 / (b * t) as f64, 0.0)?;
             let t1 = Instant::now();
             let grads = loss.backward()?;
             let t2 = Instant::now();
@@ -132,10 +170,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 times.push((t1 - t0, t2 - t1, t3 - t2, t3 - t0));
             }
         }
-        let mean = |f: &dyn Fn(&(std::time::Duration, std::time::Duration, std::time::Duration, std::time::Duration)) -> std::time::Duration| {
+        let mean = |f: &dyn Fn(
+            &(
+                std::time::Duration,
+                std::time::Duration,
+                std::time::Duration,
+                std::time::Duration,
+            ),
+        ) -> std::time::Duration| {
             times.iter().map(|x| f(x).as_secs_f64()).sum::<f64>() / times.len().max(1) as f64
         };
-        let (fw, bw, op, all) = (mean(&|x| x.0), mean(&|x| x.1), mean(&|x| x.2), mean(&|x| x.3));
+        let (fw, bw, op, all) = (
+            mean(&|x| x.0),
+            mean(&|x| x.1),
+            mean(&|x| x.2),
+            mean(&|x| x.3),
+        );
         println!(
             "train     B={b} T={t}: fwd {:.1} ms, bwd {:.1} ms, AdamW {:.1} ms = {:.1} ms/step = {:>8.0} tok/s (mean of {} steps)",
             fw * 1e3,

@@ -13,7 +13,8 @@
 
 use super::config::RopeFreqs;
 use super::Config;
-use candle_core::{DType, Device, Tensor, D};
+use crate::ops;
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// Additive mask value for disallowed attention: finite so fully masked (pad) rows give no NaN.
@@ -148,6 +149,7 @@ pub struct Transformer {
     rope: RopeFreqs,
     dtype: DType,
     device: Device,
+    reference_ops: bool,
 }
 
 /// Per-layer key/value cache for batched generation: preallocated `(B, kv_heads, capacity, head_dim)` buffers.
@@ -213,43 +215,6 @@ pub fn positions_from_mask(mask: &[Vec<f32>]) -> Vec<Vec<u32>> {
                 .collect()
         })
         .collect()
-}
-
-/// RMSNorm from differentiable ops, computed in the input dtype: `x / sqrt(mean(x²) + eps) * w`.
-fn rms_norm_diff(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let r = (ms + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&r)?.broadcast_mul(w)
-}
-
-/// Softmax over the last dimension from differentiable ops (the max shift is detached: softmax is shift-invariant).
-pub(crate) fn softmax_diff(x: &Tensor) -> candle_core::Result<Tensor> {
-    let m = x.detach().max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&m)?.exp()?;
-    let s = e.sum_keepdim(D::Minus1)?;
-    e.broadcast_div(&s)
-}
-
-/// Log-softmax over the last dimension from differentiable ops (detached max shift).
-pub(crate) fn log_softmax_diff(x: &Tensor) -> candle_core::Result<Tensor> {
-    let m = x.detach().max_keepdim(D::Minus1)?;
-    let xs = x.broadcast_sub(&m)?;
-    let lse = xs.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    xs.broadcast_sub(&lse)
-}
-
-/// HF `rotate_half`: `cat(-x2, x1)` over the last dimension.
-fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-    Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
-}
-
-/// `x·cos + rotate_half(x)·sin` with `cos`/`sin` broadcast against `x`.
-fn rope_diff(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    x.broadcast_mul(cos)?
-        .add(&rotate_half(x)?.broadcast_mul(sin)?)
 }
 
 impl Transformer {
@@ -347,7 +312,19 @@ impl Transformer {
             rope,
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            reference_ops: false,
         })
+    }
+
+    /// Uses candle's composed differentiable ops (`ops::composed_*`) instead of the fused `crate::ops` kernels on
+    /// the training path: the slow reference, for tests and `luspo bench --composed`.
+    pub fn set_reference_ops(&mut self, on: bool) {
+        self.reference_ops = on;
+    }
+
+    /// Whether the training path uses the composed reference ops.
+    pub fn reference_ops(&self) -> bool {
+        self.reference_ops
     }
 
     /// The dtype of the parameters.
@@ -500,20 +477,18 @@ impl Transformer {
         let (cos_h, sin_h) = self.rope_host(&flat);
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_kv_heads(), c.head_dim());
         let half = hd / 2;
-        // Full-width tables (B,1,T,hd) = cat(c, c); the query tables carry the 1/sqrt(hd) attention scale.
-        let full = |src: &[f64], scale: f64| -> Vec<f64> {
+        // Full-width tables (B,T,hd) = cat(c, c), the layout of `ops::rope`.
+        let full = |src: &[f64]| -> Vec<f64> {
             let mut out = Vec::with_capacity(src.len() * 2);
             for chunk in src.chunks(half) {
-                out.extend(chunk.iter().map(|x| x * scale));
-                out.extend(chunk.iter().map(|x| x * scale));
+                out.extend_from_slice(chunk);
+                out.extend_from_slice(chunk);
             }
             out
         };
         let scale = 1.0 / (hd as f64).sqrt();
-        let cos_k = self.host_tensor(full(&cos_h, 1.0), (b, 1, t, hd))?;
-        let sin_k = self.host_tensor(full(&sin_h, 1.0), (b, 1, t, hd))?;
-        let cos_q = self.host_tensor(full(&cos_h, scale), (b, 1, t, hd))?;
-        let sin_q = self.host_tensor(full(&sin_h, scale), (b, 1, t, hd))?;
+        let cos = self.host_tensor(full(&cos_h), (b, t, hd))?;
+        let sin = self.host_tensor(full(&sin_h), (b, t, hd))?;
         // Causal + key-padding additive mask (B,1,T,T).
         let mut bias = vec![0f64; b * t * t];
         for (bi, row) in mask.iter().enumerate() {
@@ -529,12 +504,27 @@ impl Transformer {
         let bias = self.host_tensor(bias, (b, 1, t, t))?;
         let rep = nh / nkv;
         let eps = c.rms_norm_eps;
+        let r = self.reference_ops;
+        let norm = |x: &Tensor, wt: &Tensor| {
+            if r {
+                ops::composed_rms_norm(x, wt, eps)
+            } else {
+                ops::rms_norm(x, wt, eps)
+            }
+        };
+        let rope = |x: &Tensor| {
+            if r {
+                ops::composed_rope(x, &cos, &sin)
+            } else {
+                ops::rope(x, &cos, &sin)
+            }
+        };
         let mut x = w
             .embed
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, c.hidden_size))?;
         for l in &w.layers {
-            let h = rms_norm_diff(&x, &l.input_layernorm, eps)?;
+            let h = norm(&x, &l.input_layernorm)?;
             let q = l.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
             let k = l.k.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
             let v =
@@ -542,22 +532,31 @@ impl Transformer {
                     .reshape((b, t, nkv, hd))?
                     .transpose(1, 2)?
                     .contiguous()?;
-            let q = rope_diff(&q, &cos_q, &sin_q)?; // contiguous (B,H,T,hd), already scaled
-            let k = rope_diff(&k, &cos_k, &sin_k)?;
+            let q = rope(&q)?; // contiguous (B,H,T,hd)
+            let k = rope(&k)?;
             let scores = q.reshape((b, nkv, rep * t, hd))?.matmul(&k.t()?)?;
-            let scores = scores.reshape((b, nh, t, t))?.broadcast_add(&bias)?;
-            let p = softmax_diff(&scores)?;
+            let scores = scores.reshape((b, nh, t, t))?;
+            let p = if r {
+                ops::composed_scaled_masked_softmax(&scores, scale, &bias)?
+            } else {
+                ops::scaled_masked_softmax(&scores, scale, &bias)?
+            };
             let o = p.reshape((b, nkv, rep * t, t))?.matmul(&v)?;
             let o = o
                 .reshape((b, nh, t, hd))?
                 .transpose(1, 2)?
                 .reshape((b, t, nh * hd))?;
             x = (x + l.o.forward(&o)?)?;
-            let h = rms_norm_diff(&x, &l.post_attention_layernorm, eps)?;
-            let m = (l.gate.forward(&h)?.silu()? * l.up.forward(&h)?)?;
+            let h = norm(&x, &l.post_attention_layernorm)?;
+            let (g, u) = (l.gate.forward(&h)?, l.up.forward(&h)?);
+            let m = if r {
+                ops::composed_silu_mul(&g, &u)?
+            } else {
+                ops::silu_mul(&g, &u)?
+            };
             x = (x + l.down.forward(&m)?)?;
         }
-        Ok(rms_norm_diff(&x, &w.norm, eps)?)
+        norm(&x, &w.norm)
     }
 
     /// Cached, no-grad forward for generation.
@@ -625,7 +624,7 @@ impl Transformer {
         let eps = c.rms_norm_eps;
         let norm = |x: &Tensor, wt: &Tensor| -> candle_core::Result<Tensor> {
             if self.dtype == DType::F64 {
-                rms_norm_diff(x, wt, eps)
+                ops::rms_norm(x, wt, eps).map_err(|e| candle_core::Error::Msg(e.to_string()))
             } else {
                 candle_nn::ops::rms_norm(x, wt, eps as f32)
             }
