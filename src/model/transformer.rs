@@ -12,6 +12,7 @@
 //! the same numbers for the real tokens as the unpadded sequence (HF with `position_ids` derived from the mask).
 
 use super::config::RopeFreqs;
+use super::attention::{self, AttnDims};
 use super::Config;
 use crate::ops;
 use candle_core::{DType, Device, Tensor};
@@ -62,6 +63,13 @@ impl Linear {
 
     /// Applies to the last dimension of `x` (any rank ≥ 2).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.rank() == 2 {
+            let y = x.matmul(&self.w.t()?)?;
+            return match &self.b {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            };
+        }
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let n: usize = dims[..dims.len() - 1].iter().product();
@@ -487,8 +495,14 @@ impl Transformer {
             out
         };
         let scale = 1.0 / (hd as f64).sqrt();
-        let cos = self.host_tensor(full(&cos_h), (b, t, hd))?;
-        let sin = self.host_tensor(full(&sin_h), (b, t, hd))?;
+        let r = self.reference_ops;
+        // The fused attention node (CPU): half-width tables as candle's rope wants them.
+        let fused_attn = !r && self.device.is_cpu();
+        let (cos, sin) = if fused_attn {
+            (self.host_tensor(cos_h, (b, t, half))?, self.host_tensor(sin_h, (b, t, half))?)
+        } else {
+            (self.host_tensor(full(&cos_h), (b, t, hd))?, self.host_tensor(full(&sin_h), (b, t, hd))?)
+        };
         // Causal + key-padding additive mask (B,1,T,T).
         let mut bias = vec![0f64; b * t * t];
         for (bi, row) in mask.iter().enumerate() {
@@ -504,7 +518,6 @@ impl Transformer {
         let bias = self.host_tensor(bias, (b, 1, t, t))?;
         let rep = nh / nkv;
         let eps = c.rms_norm_eps;
-        let r = self.reference_ops;
         let norm = |x: &Tensor, wt: &Tensor| {
             if r {
                 ops::composed_rms_norm(x, wt, eps)
@@ -519,33 +532,30 @@ impl Transformer {
                 ops::rope(x, &cos, &sin)
             }
         };
-        let mut x = w
-            .embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, c.hidden_size))?;
+        let dims = AttnDims { b, t, nh, nkv, hd };
+        // Activations stay 2-D (B·T, d): no reshape nodes around the linear layers.
+        let mut x = w.embed.index_select(&ids.flatten_all()?, 0)?;
         for l in &w.layers {
             let h = norm(&x, &l.input_layernorm)?;
-            let q = l.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-            let k = l.k.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-            let v =
-                l.v.forward(&h)?
-                    .reshape((b, t, nkv, hd))?
-                    .transpose(1, 2)?
-                    .contiguous()?;
-            let q = rope(&q)?; // contiguous (B,H,T,hd)
-            let k = rope(&k)?;
-            let scores = q.reshape((b, nkv, rep * t, hd))?.matmul(&k.t()?)?;
-            let scores = scores.reshape((b, nh, t, t))?;
-            let p = if r {
-                ops::composed_scaled_masked_softmax(&scores, scale, &bias)?
+            let (q, k, v) = (l.q.forward(&h)?, l.k.forward(&h)?, l.v.forward(&h)?);
+            let o = if fused_attn {
+                attention::attention(&q, &k, &v, &cos, &sin, &bias, dims, scale)?
             } else {
-                ops::scaled_masked_softmax(&scores, scale, &bias)?
+                let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?;
+                let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+                let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+                let q = rope(&q)?; // contiguous (B,H,T,hd)
+                let k = rope(&k)?;
+                let scores = q.reshape((b, nkv, rep * t, hd))?.matmul(&k.t()?)?;
+                let scores = scores.reshape((b, nh, t, t))?;
+                let p = if r {
+                    ops::composed_scaled_masked_softmax(&scores, scale, &bias)?
+                } else {
+                    ops::scaled_masked_softmax(&scores, scale, &bias)?
+                };
+                let o = p.reshape((b, nkv, rep * t, t))?.matmul(&v)?;
+                o.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b * t, nh * hd))?
             };
-            let o = p.reshape((b, nkv, rep * t, t))?.matmul(&v)?;
-            let o = o
-                .reshape((b, nh, t, hd))?
-                .transpose(1, 2)?
-                .reshape((b, t, nh * hd))?;
             x = (x + l.o.forward(&o)?)?;
             let h = norm(&x, &l.post_attention_layernorm)?;
             let (g, u) = (l.gate.forward(&h)?, l.up.forward(&h)?);
@@ -556,7 +566,7 @@ impl Transformer {
             };
             x = (x + l.down.forward(&m)?)?;
         }
-        norm(&x, &w.norm)
+        Ok(norm(&x, &w.norm)?.reshape((b, t, c.hidden_size))?)
     }
 
     /// Cached, no-grad forward for generation.
