@@ -13,8 +13,11 @@ use std::time::Instant;
 pub struct BenchArgs {
     /// An HF `config.json` to benchmark with random weights (speed does not depend on the values).
     /// Default: the tiny config (2 layers, d=128, 4 heads, ffn 344, vocab 1024).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     pub config: Option<std::path::PathBuf>,
+    /// A real model (HF directory or `.gguf`, loaded by `model::io::load`) to benchmark.
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
     /// Batch sizes for generation.
     #[arg(long, value_delimiter = ',', default_value = "8,32")]
     pub gen_batch: Vec<usize>,
@@ -58,23 +61,33 @@ pub fn tiny_bench_config() -> Config {
 /// Runs `luspo bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     crate::ops::tune_malloc();
-    let config = match &args.config {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            serde_json::from_str::<Config>(&text)
-                .with_context(|| format!("parsing {}", p.display()))?
-        }
-        None => tiny_bench_config(),
-    };
     let device = Device::Cpu;
-    let varmap = VarMap::new();
-    let mut model = Transformer::new(
-        &config,
-        VarBuilder::from_varmap(&varmap, DType::F32, &device),
-    )?;
+    let (mut model, varmap) = match (&args.model, &args.config) {
+        (Some(path), _) => {
+            let loaded = crate::model::io::load(path, &device)?;
+            (loaded.model, loaded.varmap)
+        }
+        (None, cfg) => {
+            let config = match cfg {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    serde_json::from_str::<Config>(&text)
+                        .with_context(|| format!("parsing {}", p.display()))?
+                }
+                None => tiny_bench_config(),
+            };
+            let varmap = VarMap::new();
+            let model = Transformer::new(
+                &config,
+                VarBuilder::from_varmap(&varmap, DType::F32, &device),
+            )?;
+            model.init_weights(&varmap, 0)?;
+            (model, varmap)
+        }
+    };
     model.set_reference_ops(args.composed);
-    model.init_weights(&varmap, 0)?;
+    let config = model.config.clone();
     let nparams: usize = model
         .named_parameters()
         .iter()

@@ -46,12 +46,16 @@ struct AttentionOp {
 
 /// `(N, heads·hd)` → `(B, heads, T, hd)` contiguous.
 fn to_heads(x: &Tensor, d: AttnDims, heads: usize) -> candle_core::Result<Tensor> {
-    x.reshape((d.b, d.t, heads, d.hd))?.transpose(1, 2)?.contiguous()
+    x.reshape((d.b, d.t, heads, d.hd))?
+        .transpose(1, 2)?
+        .contiguous()
 }
 
 /// `(B, heads, T, hd)` → `(N, heads·hd)` contiguous.
 fn from_heads(x: &Tensor, d: AttnDims, heads: usize) -> candle_core::Result<Tensor> {
-    x.reshape((d.b, heads, d.t, d.hd))?.transpose(1, 2)?.reshape((d.b * d.t, heads * d.hd))
+    x.reshape((d.b, heads, d.t, d.hd))?
+        .transpose(1, 2)?
+        .reshape((d.b * d.t, heads * d.hd))
 }
 
 /// A contiguous tensor's data as an owned CPU storage.
@@ -136,12 +140,30 @@ pub(crate) fn attention(
     let q4 = to_heads(&q_lin.detach(), d, d.nh)?;
     let k4 = to_heads(&k_lin.detach(), d, d.nkv)?;
     let v = to_heads(&v_lin.detach(), d, d.nkv)?;
-    let q = (candle_nn::rotary_emb::rope(&q4, cos, sin)? * scale)?.reshape((d.b, d.nkv, rep * d.t, d.hd))?;
+    let q = (candle_nn::rotary_emb::rope(&q4, cos, sin)? * scale)?.reshape((
+        d.b,
+        d.nkv,
+        rep * d.t,
+        d.hd,
+    ))?;
     let k = candle_nn::rotary_emb::rope(&k4, cos, sin)?;
-    let s = q.matmul(&k.t()?)?.reshape((d.b, d.nh, d.t, d.t))?.broadcast_add(bias)?;
+    let s = q
+        .matmul(&k.t()?)?
+        .reshape((d.b, d.nh, d.t, d.t))?
+        .broadcast_add(bias)?;
     let p = candle_nn::ops::softmax_last_dim(&s)?.reshape((d.b, d.nkv, rep * d.t, d.t))?;
     let o = p.matmul(&v)?;
     let out = from_heads(&o, d, d.nh)?.contiguous()?;
-    let op = AttentionOp { dims, scale, out, q, k, v, p, cos: cos.clone(), sin: sin.clone() };
+    let op = AttentionOp {
+        dims,
+        scale,
+        out,
+        q,
+        k,
+        v,
+        p,
+        cos: cos.clone(),
+        sin: sin.clone(),
+    };
     q_lin.apply_op3(k_lin, v_lin, op)
 }
