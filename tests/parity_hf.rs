@@ -158,3 +158,23 @@ fn smollm2_gguf_matches_transformers() {
     assert_eq!(out, ids(&r["greedy_ids"]));
     assert_eq!(m.tokenizer.decode(&out, true).unwrap(), "The capital of France is Paris.");
 }
+
+/// Writes saved copies of the fixtures (and SmolLM2, if present) under `$LUSPO_SAVE_DIR` for the Python check
+/// `scripts/make_hf_fixtures.py check-saved DIR` (transformers must load what save_hf writes).
+#[test]
+#[ignore]
+fn save_for_python_check() {
+    let out = PathBuf::from(std::env::var("LUSPO_SAVE_DIR").expect("set LUSPO_SAVE_DIR"));
+    for name in ["llama", "qwen2", "llama3rope"] {
+        let m = io::load(&fixture(name), &Device::Cpu).unwrap();
+        io::save_hf(&out.join(name), &m).unwrap();
+        let ids = m.tokenizer.encode("Hello world!", true).unwrap();
+        eprintln!("{name} {:?} {:?}", ids, score(&m.model, &[ids.clone()], 1).unwrap()[0]);
+    }
+    if let Some((p, _)) = smollm2() {
+        let m = io::load(&p, &Device::Cpu).unwrap();
+        io::save_hf(&out.join("smollm2"), &m).unwrap();
+        let ids = m.tokenizer.encode("Hello world!", true).unwrap();
+        eprintln!("smollm2 {:?} {:?}", ids, score(&m.model, &[ids.clone()], 1).unwrap()[0]);
+    }
+}
