@@ -425,7 +425,10 @@ fn gguf_config(ct: &candle_core::quantized::gguf_file::Content, path: &Path) -> 
             .ok_or_else(|| input_err!("{}: GGUF metadata lacks `{}`", path.display(), key(k)))
     };
     let opt_u = |k: &str| md.get(&key(k)).and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)));
-    let opt_f = |k: &str| md.get(&key(k)).and_then(|v| v.to_f32().ok().map(f64::from).or_else(|| v.to_f64().ok()));
+    // f32 metadata is written as its shortest decimal (1e-5, not 9.999999747378752e-6).
+    let opt_f = |k: &str| {
+        md.get(&key(k)).and_then(|v| v.to_f32().ok().and_then(|x| x.to_string().parse::<f64>().ok()).or_else(|| v.to_f64().ok()))
+    };
     if md.contains_key(&key("rope.scaling.type")) || ct.tensor_infos.contains_key("rope_freqs.weight") {
         return Err(input_err!("{}: GGUF RoPE scaling (rope_freqs / rope.scaling.*) is not supported", path.display()));
     }
@@ -437,7 +440,7 @@ fn gguf_config(ct: &candle_core::quantized::gguf_file::Content, path: &Path) -> 
     };
     let head_dim = opt_u("attention.key_length").or_else(|| opt_u("rope.dimension_count")).unwrap_or(hidden / n_heads);
     let get_id = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
-    let eps = opt_f("attention.layer_norm_rms_epsilon").map(|e| (e as f32) as f64).unwrap_or(1e-5);
+    let eps = opt_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5);
     let mut cfg = json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
