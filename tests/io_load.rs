@@ -539,3 +539,33 @@ fn smollm2_gguf_config_tokenizer_template_and_weights() {
     let norm = var(&vm, "model.norm.weight");
     assert!(max_abs_diff(&norm, &Tensor::full(0.5f32, 576, &Device::Cpu).unwrap()) > 0.1);
 }
+
+#[test]
+fn half_precision_checkpoints_load_as_f32_and_tied_files_may_carry_lm_head() {
+    let src = fixture("llama");
+    let config = io::read_hf_config(&src).unwrap();
+    let params = hf_params(&config);
+    let orig = file_tensors(&src);
+    for dt in [DType::BF16, DType::F16] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&src, dir.path());
+        let half: std::collections::HashMap<String, Tensor> =
+            orig.iter().map(|(k, v)| (k.clone(), v.to_dtype(dt).unwrap())).collect();
+        candle_core::safetensors::save(&half, dir.path().join("model.safetensors")).unwrap();
+        let vm = varmap_for(&params);
+        io::fill_varmap(&vm, dir.path(), &config, &Device::Cpu, DType::F32).unwrap();
+        for (p, _) in &params {
+            let v = var(&vm, p);
+            assert_eq!(v.dtype(), DType::F32);
+            let want = half[p].to_dtype(DType::F32).unwrap();
+            assert_eq!(max_abs_diff(&v, &want), 0.0, "{dt:?} {p}");
+        }
+    }
+    // A tied config whose file still holds lm_head.weight (some exporters write it): the copy is ignored.
+    let mut tied = config.clone();
+    tied.tie_word_embeddings = true;
+    let tp = hf_params(&tied);
+    let vm = varmap_for(&tp);
+    io::fill_varmap(&vm, &src, &tied, &Device::Cpu, DType::F32).unwrap();
+    assert!(!vm.data().lock().unwrap().contains_key("lm_head.weight"));
+}
