@@ -231,3 +231,44 @@ fn save_for_python_check() {
         );
     }
 }
+
+/// `io::load` (through the transformer's own parameter list) names the missing or misshapen tensor and file.
+#[test]
+fn load_errors_name_tensor_and_file() {
+    let src = fixture("qwen2");
+    let cases: [(&str, Value, &str); 3] = [
+        (
+            "num_hidden_layers",
+            3.into(),
+            "missing tensor `model.layers.2.",
+        ),
+        (
+            "intermediate_size",
+            96.into(),
+            "gate_proj.weight` has shape [128, 64], the config needs [96, 64]",
+        ),
+        (
+            "tie_word_embeddings",
+            false.into(),
+            "missing tensor `lm_head.weight`",
+        ),
+    ];
+    for (key, val, needle) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(&src).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
+        }
+        let mut cfg = json(&src.join("config.json"));
+        cfg[key] = val;
+        std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+        let e = io::load(tmp.path(), &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains(needle) && e.contains(".safetensors") && !e.contains('\n'),
+            "{key}: {e}"
+        );
+    }
+}

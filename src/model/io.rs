@@ -11,7 +11,7 @@ use crate::{input_err, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Where a model was loaded from.
@@ -104,10 +104,26 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
 /// Like [`load`] with the parameter dtype chosen (f32 for training, f64 for gradient tests).
 pub fn load_with_dtype(path: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
     let ck = read_checkpoint(path)?;
+    // The file's tensors become the Vars first, so Transformer::new finds them and skips its random init.
+    let expected = parameter_shapes(&ck.config, dtype, device)?;
+    let tensors = read_weights(path, &ck.config, &expected, device, dtype)?;
     let varmap = VarMap::new();
+    {
+        let mut data = varmap
+            .data()
+            .lock()
+            .map_err(|_| input_err!("internal: VarMap lock poisoned"))?;
+        for (name, t) in tensors {
+            data.insert(name, candle_core::Var::from_tensor(&t)?);
+        }
+    }
     let vb = VarBuilder::from_varmap(&varmap, dtype, device);
     let model = Transformer::new(&ck.config, vb)?;
-    fill_varmap(&varmap, path, &ck.config, device, dtype)?;
+    if varmap.all_vars().len() != expected.len() {
+        return Err(input_err!(
+            "internal: the transformer created parameters the loader did not fill"
+        ));
+    }
     Ok(LoadedModel {
         config: ck.config,
         model,
@@ -400,24 +416,86 @@ pub fn fill_varmap(
         .lock()
         .map_err(|_| input_err!("internal: VarMap lock poisoned"))?
         .clone();
-    let mut set: HashSet<String> = HashSet::new();
-    let mut embed: Option<Tensor> = None;
-    let mut apply = |name: &str, t: Tensor, file: &Path| -> Result<()> {
-        if name == "model.embed_tokens.weight" {
-            embed = Some(t.clone());
+    let expected: BTreeMap<String, Vec<usize>> = vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+        .collect();
+    for (name, t) in read_weights(path, config, &expected, device, dtype)? {
+        if let Some(var) = vars.get(&name) {
+            var.set(&t.to_dtype(var.dtype())?)?;
         }
-        match vars.get(name) {
-            Some(var) => {
-                if var.dims() != t.dims() {
+    }
+    Ok(())
+}
+
+/// The HF names and shapes of the parameters `Transformer::new` creates for `config` (no random init).
+pub fn parameter_shapes(
+    config: &Config,
+    dtype: DType,
+    device: &Device,
+) -> Result<BTreeMap<String, Vec<usize>>> {
+    /// A VarBuilder backend that hands out zeros and records what was asked for.
+    struct Recorder(std::sync::Arc<std::sync::Mutex<BTreeMap<String, Vec<usize>>>>);
+    impl candle_nn::var_builder::SimpleBackend for Recorder {
+        fn get(
+            &self,
+            s: candle_core::Shape,
+            name: &str,
+            _h: candle_nn::Init,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            if let Ok(mut m) = self.0.lock() {
+                m.insert(name.to_string(), s.dims().to_vec());
+            }
+            Tensor::zeros(s, dtype, dev)
+        }
+        fn get_unchecked(
+            &self,
+            name: &str,
+            _dtype: DType,
+            _dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            candle_core::bail!("parameter `{name}` requested without a shape")
+        }
+        fn contains_tensor(&self, _name: &str) -> bool {
+            false
+        }
+    }
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let vb = VarBuilder::from_backend(Box::new(Recorder(seen.clone())), dtype, device.clone());
+    drop(Transformer::new(config, vb)?);
+    let out = seen
+        .lock()
+        .map_err(|_| input_err!("internal: recorder lock poisoned"))?
+        .clone();
+    Ok(out)
+}
+
+/// Reads the weights at `path` (HF directory or GGUF) under HF names, converted to `dtype` on `device`, and
+/// checks them against `expected` (name → shape): a missing, misshapen or unexpected tensor is an
+/// `Error::Input` naming the tensor and the file. `rotary_emb.inv_freq` buffers are skipped; a tied model's
+/// `lm_head.weight` is skipped if not expected, or taken from the embedding if expected but absent.
+pub fn read_weights(
+    path: &Path,
+    config: &Config,
+    expected: &BTreeMap<String, Vec<usize>>,
+    device: &Device,
+    dtype: DType,
+) -> Result<HashMap<String, Tensor>> {
+    let mut out: HashMap<String, Tensor> = HashMap::new();
+    let mut apply = |name: &str, t: Tensor, file: &Path| -> Result<()> {
+        match expected.get(name) {
+            Some(shape) => {
+                if shape.as_slice() != t.dims() {
                     return Err(input_err!(
                         "{}: tensor `{name}` has shape {:?}, the config needs {:?}",
                         file.display(),
                         t.dims(),
-                        var.dims()
+                        shape
                     ));
                 }
-                var.set(&t.to_dtype(dtype)?.to_device(device)?)?;
-                set.insert(name.to_string());
+                out.insert(name.to_string(), t.to_dtype(dtype)?.to_device(device)?);
                 Ok(())
             }
             None if name.ends_with(".rotary_emb.inv_freq") => Ok(()),
@@ -450,14 +528,15 @@ pub fn fill_varmap(
         }
     }
     // A tied model whose transformer still declares an lm_head gets the embedding matrix.
-    if config.tie_word_embeddings && !set.contains("lm_head.weight") {
-        if let (Some(var), Some(e)) = (vars.get("lm_head.weight"), embed.as_ref()) {
-            var.set(&e.to_dtype(dtype)?.to_device(device)?)?;
-            set.insert("lm_head.weight".into());
+    if config.tie_word_embeddings
+        && expected.contains_key("lm_head.weight")
+        && !out.contains_key("lm_head.weight")
+    {
+        if let Some(e) = out.get("model.embed_tokens.weight").cloned() {
+            out.insert("lm_head.weight".into(), e.copy()?);
         }
     }
-    let mut missing: Vec<&String> = vars.keys().filter(|k| !set.contains(*k)).collect();
-    missing.sort();
+    let missing: Vec<&String> = expected.keys().filter(|k| !out.contains_key(*k)).collect();
     if let Some(first) = missing.first() {
         return Err(input_err!(
             "{described}: missing tensor `{first}`{}",
@@ -468,7 +547,7 @@ pub fn fill_varmap(
             }
         ));
     }
-    Ok(())
+    Ok(out)
 }
 
 // ---------------------------------------------------------------- GGUF
