@@ -577,6 +577,15 @@ pub fn policy_loss_resolved(
             "mask: the batch has no response tokens (sequences {n_seq}, tokens {n_tok})"
         ));
     }
+    if obj.aggregation == Aggregation::SeqMeanTokenSumNorm
+        && obj.norm_len.is_none()
+        && inp.global_counts.is_some()
+    {
+        return Err(input_err!(
+            "objective.norm_len: must be set for seq-mean-token-sum-norm when a mini-batch is split into \
+             micro-batches (the longest response of one micro-batch is not a constant)"
+        ));
+    }
     let h = obj
         .norm_len
         .unwrap_or_else(|| lens_v.iter().cloned().fold(0.0, f64::max));

@@ -9,17 +9,26 @@
 //! On other devices (CUDA) every function falls back to the composed, differentiable candle ops, so model
 //! code stays device-generic. Second-order gradients are not supported (the backward kernels are leaves).
 //! The `composed_*` functions are the reference implementations used by the tests and the benchmark.
+//!
+//! Ops (all differentiable, f32/f64, any leading dims):
+//! - [`softmax_last_dim`]`(x)`; [`masked_softmax`]`(scores, mask)`; [`scaled_masked_softmax`]`(scores, scale,
+//!   mask)` = `softmax(scale*scores + mask)` for attention, mask `(B,1,T,T)` broadcast over heads.
+//! - [`log_softmax_gather`]`(logits (...,V), targets (...))` → logp `(...)`; [`token_logprob_entropy`] →
+//!   `(logp, entropy)`. Neither builds the `(...,V)` log-softmax graph.
+//! - [`rms_norm`]`(x, w, eps)`; [`rope`]`(x (B,H,T,D), cos, sin)` (HF rotate_half, cos/sin `(B,T,D)` or `(T,D)`);
+//!   [`silu_mul`]`(gate, up)` = `silu(gate) * up`.
+//! - [`tune_malloc`]: glibc allocator tuning for training loops (fewer page faults per step).
 
+use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType, D,
 };
-use candle_core::backend::BackendStorage;
 use num_traits::{Float, One, Zero};
 
 type CResult<T> = candle_core::Result<T>;
 
 /// A float element type the CPU kernels run on (f32 or f64).
-trait Elem: Float + WithDType {
+trait Elem: Float + WithDType + std::ops::AddAssign + std::ops::MulAssign {
     /// `exp`, written so that loops over it vectorise (f32: Cephes polynomial, about 1 ulp; f64: libm).
     fn fexp(self) -> Self;
 }
@@ -31,13 +40,14 @@ impl Elem for f32 {
         const HI: f32 = 88.376_26;
         const LO: f32 = -87.336_55;
         let x = self.clamp(LO, HI); // NaN stays NaN
-        // round to nearest via the 1.5 * 2^23 trick (vectorises without SSE4.1 `round`)
+                                    // round to nearest via the 1.5 * 2^23 trick (vectorises without SSE4.1 `round`)
         let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
         let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-        let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+            * r
             + 1.666_666_5e-1)
             * r
-            + 5.000_000_1e-1;
+            + 0.5;
         let e = p * r * r + r + 1.0;
         // n is an integer in [-126, 127] here (NaN casts to 0 and stays NaN through `e`)
         let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
@@ -64,12 +74,12 @@ fn sum2<T: Elem>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for k in 0..8 {
-            acc[k] = acc[k] + f(x[k], y[k]);
+            acc[k] += f(x[k], y[k]);
         }
     }
     let mut s = T::zero();
     for (&x, &y) in ra.iter().zip(rb) {
-        s = s + f(x, y);
+        s += f(x, y);
     }
     acc.iter().fold(s, |u, &v| u + v)
 }
@@ -115,7 +125,10 @@ fn last_dim(shape: &Shape) -> usize {
 fn row_max<T: Elem>(x: &[T]) -> T {
     let mut acc = [T::neg_infinity(); 8];
     let c = x.chunks_exact(8);
-    let mut m = c.remainder().iter().fold(T::neg_infinity(), |a, &b| if b > a { b } else { a });
+    let mut m = c
+        .remainder()
+        .iter()
+        .fold(T::neg_infinity(), |a, &b| if b > a { b } else { a });
     for ch in c {
         for k in 0..8 {
             acc[k] = if ch[k] > acc[k] { ch[k] } else { acc[k] };
@@ -147,7 +160,7 @@ fn softmax_row<T: Elem>(x: &[T], mask: Option<&[T]>, y: &mut [T]) {
     }
     let inv = T::one() / sum1(y);
     for o in y.iter_mut() {
-        *o = *o * inv;
+        *o *= inv;
     }
 }
 
@@ -217,7 +230,8 @@ impl CustomOp2 for SoftmaxBwdOp {
 /// Softmax backward from the output `y` and upstream gradient `g` (device-generic).
 fn softmax_bwd(y: &Tensor, g: &Tensor) -> CResult<Tensor> {
     if y.device().is_cpu() {
-        y.contiguous()?.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBwdOp)
+        y.contiguous()?
+            .apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBwdOp)
     } else {
         let dot = (g * y)?.sum_keepdim(D::Minus1)?;
         y * g.broadcast_sub(&dot)?
@@ -309,8 +323,16 @@ impl CustomOp2 for MaskedSoftmaxOp {
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let dx = softmax_bwd(res, grad)?;
         // `mask` here is the broadcast view; candle routes its gradient back through broadcast_as.
-        let dm = if mask.track_op() { Some(dx.clone()) } else { None };
-        let dx = if self.scale != 1.0 { (dx * self.scale)? } else { dx };
+        let dm = if mask.track_op() {
+            Some(dx.clone())
+        } else {
+            None
+        };
+        let dx = if self.scale != 1.0 {
+            (dx * self.scale)?
+        } else {
+            dx
+        };
         Ok((Some(dx), dm))
     }
 }
@@ -358,9 +380,15 @@ pub fn scaled_masked_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> crat
         mask.contiguous()?
     };
     let mb = mask.broadcast_as(sd).map_err(|_| {
-        crate::input_err!("scaled_masked_softmax: mask {:?} does not broadcast to scores {:?}", md, sd)
+        crate::input_err!(
+            "scaled_masked_softmax: mask {:?} does not broadcast to scores {:?}",
+            md,
+            sd
+        )
     })?;
-    Ok(scores.contiguous()?.apply_op2(&mb, MaskedSoftmaxOp { scale })?)
+    Ok(scores
+        .contiguous()?
+        .apply_op2(&mb, MaskedSoftmaxOp { scale })?)
 }
 
 /// `md` with its last dim replaced by the scores' last dim.
@@ -386,7 +414,13 @@ fn lse_row<T: Elem>(z: &[T], want_t: bool, buf: &mut [T]) -> (T, T, T) {
     let s = sum1(buf);
     let t = if want_t {
         // e == 0 (a -inf logit) contributes 0, not 0 * -inf
-        sum2(buf, z, |e, v| if e > T::zero() { e * (v - mx) } else { T::zero() }) / s
+        sum2(buf, z, |e, v| {
+            if e > T::zero() {
+                e * (v - mx)
+            } else {
+                T::zero()
+            }
+        }) / s
     } else {
         T::zero()
     };
@@ -402,17 +436,25 @@ fn targets_of<'a>(s: &'a CpuStorage, l: &Layout, v: usize, op: &str) -> CResult<
     Ok(t)
 }
 
-/// Fused log-softmax + gather (+ entropy): output `(N)` logp, or `(N,2)` `[logp, entropy]` per row.
+/// Fused log-softmax + gather (+ entropy): output `(..., k)` per row: `[logp, lse]` (k = 2) or
+/// `[logp, entropy, lse]` (k = 3). The log-sum-exp column is kept for the backward and never exposed.
 struct TokenLogprobOp {
     entropy: bool,
 }
 
 impl TokenLogprobOp {
+    /// Output columns per row.
+    fn k(&self) -> usize {
+        if self.entropy {
+            3
+        } else {
+            2
+        }
+    }
+
     fn out_shape(&self, targets: &Layout) -> Shape {
         let mut d = targets.dims().to_vec();
-        if self.entropy {
-            d.push(2);
-        }
+        d.push(self.k());
         Shape::from(d)
     }
 }
@@ -436,7 +478,7 @@ impl CustomOp2 for TokenLogprobOp {
             if v == 0 || z.len() != tg.len() * v {
                 bail!("{}: logits/targets shape mismatch", self.name());
             }
-            let k = if self.entropy { 2 } else { 1 };
+            let k = self.k();
             let mut out = vec![T::zero(); tg.len() * k];
             let mut buf = vec![T::zero(); v];
             for ((zr, &t), o) in z.chunks_exact(v).zip(tg).zip(out.chunks_exact_mut(k)) {
@@ -445,6 +487,7 @@ impl CustomOp2 for TokenLogprobOp {
                 if self.entropy {
                     o[1] = ls - tt;
                 }
+                o[k - 1] = mx + ls;
             }
             Ok((T::to_cpu_storage_owned(out), self.out_shape(l2)))
         })
@@ -458,18 +501,27 @@ impl CustomOp2 for TokenLogprobOp {
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let dz = if logits.device().is_cpu() {
-            let g = grad.contiguous()?;
-            logits.apply_op3_no_bwd(targets, &g, &TokenLogprobBwdOp { entropy: self.entropy })?
+            // one small (..., 2k) tensor: upstream gradients, then the forward's outputs (incl. lse)
+            let g = Tensor::cat(&[grad, res], D::Minus1)?.contiguous()?;
+            logits.apply_op3_no_bwd(
+                targets,
+                &g,
+                &TokenLogprobBwdOp {
+                    entropy: self.entropy,
+                },
+            )?
         } else {
             // composed fallback (only reached if a CPU-created graph moved device; kept for completeness)
             let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
             let p = lsm.exp()?;
-            let oh = candle_nn::encoding::one_hot(targets.clone(), logits.dim(D::Minus1)?, 1f32, 0f32)?
-                .to_dtype(logits.dtype())?;
-            let (gl, gh) = if self.entropy {
-                (grad.narrow(D::Minus1, 0, 1)?, Some(grad.narrow(D::Minus1, 1, 1)?))
+            let oh =
+                candle_nn::encoding::one_hot(targets.clone(), logits.dim(D::Minus1)?, 1f32, 0f32)?
+                    .to_dtype(logits.dtype())?;
+            let gl = grad.narrow(D::Minus1, 0, 1)?;
+            let gh = if self.entropy {
+                Some(grad.narrow(D::Minus1, 1, 1)?)
             } else {
-                (grad.unsqueeze(D::Minus1)?, None)
+                None
             };
             let mut dz = (oh - &p)?.broadcast_mul(&gl)?;
             if let Some(gh) = gh {
@@ -483,7 +535,8 @@ impl CustomOp2 for TokenLogprobOp {
     }
 }
 
-/// Gradient-free kernel: `dz = g_lp (onehot - p) - g_H p (log p + H)` per row.
+/// Gradient-free kernel: `dz = g_lp (onehot - p) - g_H p (log p + H)` per row, with `p = exp(z - lse)`;
+/// its third input holds `[upstream grads (k), forward outputs (k)]` per row.
 struct TokenLogprobBwdOp {
     entropy: bool,
 }
@@ -507,34 +560,31 @@ impl CustomOp3 for TokenLogprobBwdOp {
         float_dispatch!(s1.dtype(), self.name(), T => {
             let z = data::<T>(s1, l1, self.name())?;
             let g = data::<T>(s3, l3, self.name())?;
-            let k = if self.entropy { 2 } else { 1 };
-            if v == 0 || z.len() != tg.len() * v || g.len() != tg.len() * k {
+            let k = if self.entropy { 3 } else { 2 };
+            if v == 0 || z.len() != tg.len() * v || g.len() != tg.len() * 2 * k {
                 bail!("{}: shape mismatch", self.name());
             }
             let mut dz = vec![T::zero(); z.len()];
             for (((zr, &t), gr), dr) in
-                z.chunks_exact(v).zip(tg).zip(g.chunks_exact(k)).zip(dz.chunks_exact_mut(v))
+                z.chunks_exact(v).zip(tg).zip(g.chunks_exact(2 * k)).zip(dz.chunks_exact_mut(v))
             {
-                // dr receives exp(z - max); p = exp(z - max) / s
-                let (ls, mx, tt) = lse_row(zr, self.entropy, dr);
                 let gl = gr[0];
-                let inv = T::one() / ls.exp();
+                let lse = gr[2 * k - 1];
                 if self.entropy {
                     let gh = gr[1];
-                    let h = ls - tt;
+                    let h = gr[k + 1];
                     for (o, &zi) in dr.iter_mut().zip(zr) {
-                        let p = *o * inv;
-                        let lp = zi - mx - ls;
+                        let lp = zi - lse;
+                        let p = lp.fexp();
                         // p == 0 (e.g. a -inf logit): both terms vanish; avoid 0 * -inf
                         *o = if p > T::zero() { -p * (gl + gh * (lp + h)) } else { T::zero() };
                     }
                 } else {
-                    let c = -gl * inv;
-                    for o in dr.iter_mut() {
-                        *o = *o * c;
+                    for (o, &zi) in dr.iter_mut().zip(zr) {
+                        *o = -gl * (zi - lse).fexp();
                     }
                 }
-                dr[t as usize] = dr[t as usize] + gl;
+                dr[t as usize] += gl;
             }
             Ok((T::to_cpu_storage_owned(dz), l1.shape().clone()))
         })
@@ -563,7 +613,9 @@ fn check_targets(logits: &Tensor, targets: &Tensor, op: &str) -> crate::Result<T
 pub fn composed_log_softmax_gather(logits: &Tensor, targets: &Tensor) -> crate::Result<Tensor> {
     let t = check_targets(logits, targets, "log_softmax_gather")?;
     let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    Ok(lsm.gather(&t.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?)
+    Ok(lsm
+        .gather(&t.unsqueeze(D::Minus1)?, D::Minus1)?
+        .squeeze(D::Minus1)?)
 }
 
 /// Composed (reference) token logprob and entropy `-(p * log p).sum(-1)` with candle ops.
@@ -573,7 +625,9 @@ pub fn composed_token_logprob_entropy(
 ) -> crate::Result<(Tensor, Tensor)> {
     let t = check_targets(logits, targets, "token_logprob_entropy")?;
     let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let lp = lsm.gather(&t.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?;
+    let lp = lsm
+        .gather(&t.unsqueeze(D::Minus1)?, D::Minus1)?
+        .squeeze(D::Minus1)?;
     let h = (lsm.exp()? * &lsm)?.sum(D::Minus1)?.neg()?;
     Ok((lp, h))
 }
@@ -585,7 +639,10 @@ pub fn log_softmax_gather(logits: &Tensor, targets: &Tensor) -> crate::Result<Te
         return composed_log_softmax_gather(logits, targets);
     }
     let t = check_targets(logits, targets, "log_softmax_gather")?;
-    Ok(logits.contiguous()?.apply_op2(&t, TokenLogprobOp { entropy: false })?)
+    let out = logits
+        .contiguous()?
+        .apply_op2(&t, TokenLogprobOp { entropy: false })?;
+    Ok(out.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?)
 }
 
 /// Differentiable token logprob and entropy in one pass: logits `(..., V)`, targets `(...)` →
@@ -595,7 +652,9 @@ pub fn token_logprob_entropy(logits: &Tensor, targets: &Tensor) -> crate::Result
         return composed_token_logprob_entropy(logits, targets);
     }
     let t = check_targets(logits, targets, "token_logprob_entropy")?;
-    let out = logits.contiguous()?.apply_op2(&t, TokenLogprobOp { entropy: true })?;
+    let out = logits
+        .contiguous()?
+        .apply_op2(&t, TokenLogprobOp { entropy: true })?;
     let lp = out.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
     let h = out.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
     Ok((lp, h))
@@ -704,7 +763,7 @@ impl CustomOp3 for RmsNormBwdOp {
                     // c = mean(g * w * n), n = x * r
                     let mut c = T::zero();
                     for ((&a, &b), &q) in xr.iter().zip(w).zip(gr) {
-                        c = c + q * b * a;
+                        c += q * b * a;
                     }
                     let c = c * r / dn;
                     for (((o, &a), &b), (&q, dwj)) in
@@ -712,7 +771,7 @@ impl CustomOp3 for RmsNormBwdOp {
                     {
                         let n = a * r;
                         *o = r * (q * b - n * c);
-                        *dwj = *dwj + q * n;
+                        *dwj += q * n;
                     }
                 }
             }
@@ -925,7 +984,9 @@ impl CustomOp3 for RopeOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dx = grad.contiguous()?.apply_op3_no_bwd(cos, sin, &RopeOp { transpose: true })?;
+        let dx = grad
+            .contiguous()?
+            .apply_op3_no_bwd(cos, sin, &RopeOp { transpose: true })?;
         Ok((Some(dx), None, None))
     }
 }
@@ -966,7 +1027,8 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> crate::Result<Tensor> {
     }
     let cos = cos.to_dtype(x.dtype())?.detach().contiguous()?;
     let sin = sin.to_dtype(x.dtype())?.detach().contiguous()?;
-    Ok(x.contiguous()?.apply_op3(&cos, &sin, RopeOp { transpose: false })?)
+    Ok(x.contiguous()?
+        .apply_op3(&cos, &sin, RopeOp { transpose: false })?)
 }
 
 /// Tunes glibc malloc for training loops (no-op elsewhere): keeps freed memory instead of returning it to the

@@ -1,5 +1,6 @@
 //! d loss / d logp by autograd vs f64 central finite differences (every preset, KL and entropy terms), and
 //! proptest properties over random ragged batches (on-policy to heavily clipped) against an independent closed form.
+#![allow(clippy::needless_range_loop)]
 
 mod objective_common;
 

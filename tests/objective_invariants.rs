@@ -502,4 +502,13 @@ fn bad_shapes_are_input_errors() {
         Err(Error::Input(m)) => assert!(m.starts_with("ref_logp:"), "{m}"),
         _ => panic!("kl without reference must fail"),
     }
+    let inp = PolicyInputs {
+        global_counts: Some((4.0, 12.0)),
+        ..inp
+    };
+    match policy_loss(&cfg("dr_grpo", json!({})), &inp) {
+        Err(Error::Input(m)) => assert!(m.starts_with("objective.norm_len:"), "{m}"),
+        _ => panic!("dr_grpo micro-batches without norm_len must fail"),
+    }
+    assert!(policy_loss(&cfg("dr_grpo", json!({"norm_len": 8.0})), &inp).is_ok());
 }

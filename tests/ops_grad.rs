@@ -21,13 +21,28 @@ fn rnd(dims: &[usize], seed: u64, scale: f64, dtype: DType) -> Tensor {
             ((z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
         })
         .collect();
-    Tensor::from_vec(v, dims, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    Tensor::from_vec(v, dims, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let a = a
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let b = b
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     a.iter()
         .zip(&b)
         .map(|(x, y)| {
@@ -56,7 +71,11 @@ fn run(f: &Op, inputs: &[Tensor], diff: &[usize]) -> (Tensor, Vec<Tensor>) {
     let ts: Vec<Tensor> = inputs
         .iter()
         .zip(&vars)
-        .map(|(t, v)| v.as_ref().map(|v| v.as_tensor().clone()).unwrap_or_else(|| t.clone()))
+        .map(|(t, v)| {
+            v.as_ref()
+                .map(|v| v.as_tensor().clone())
+                .unwrap_or_else(|| t.clone())
+        })
         .collect();
     let out = f(&ts).unwrap();
     let grads = loss_of(&out, 99).backward().unwrap();
@@ -88,7 +107,13 @@ fn compare(fused: &Op, composed: &Op, inputs: &[Tensor], diff: &[usize], tol_f: 
 fn finite_diff(f: &Op, inputs: &[Tensor], diff: &[usize]) {
     let inputs: Vec<Tensor> = inputs
         .iter()
-        .map(|t| if t.dtype() == DType::F32 { t.to_dtype(DType::F64).unwrap() } else { t.clone() })
+        .map(|t| {
+            if t.dtype() == DType::F32 {
+                t.to_dtype(DType::F64).unwrap()
+            } else {
+                t.clone()
+            }
+        })
         .collect();
     let (_, grads) = run(f, &inputs, diff);
     let eps = 1e-6;
@@ -107,7 +132,11 @@ fn finite_diff(f: &Op, inputs: &[Tensor], diff: &[usize]) {
             };
             let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
             let err = (fd - g[j]).abs() / fd.abs().max(g[j].abs()).max(1e-3);
-            assert!(err < 1e-6, "input {i} entry {j}: analytic {} vs finite difference {fd} (rel {err})", g[j]);
+            assert!(
+                err < 1e-6,
+                "input {i} entry {j}: analytic {} vs finite difference {fd} (rel {err})",
+                g[j]
+            );
         }
     }
 }
@@ -117,7 +146,13 @@ fn check_all(fused: &Op, composed: &Op, inputs: &[Tensor], diff: &[usize]) {
     for (dt, tf, tb) in [(DType::F32, 1e-5, 1e-5), (DType::F64, 1e-12, 1e-12)] {
         let ins: Vec<Tensor> = inputs
             .iter()
-            .map(|t| if t.dtype().is_float() { t.to_dtype(dt).unwrap() } else { t.clone() })
+            .map(|t| {
+                if t.dtype().is_float() {
+                    t.to_dtype(dt).unwrap()
+                } else {
+                    t.clone()
+                }
+            })
             .collect();
         compare(fused, composed, &ins, diff, tf, tb);
     }
@@ -132,12 +167,21 @@ fn softmax_matches_composed_and_finite_differences() {
     // rows of length 1: output 1, gradient 0
     check_all(f, c, &[rnd(&[5, 1], 2, 3.0, DType::F64)], &[0]);
     let y = ops::softmax_last_dim(&rnd(&[5, 1], 2, 3.0, DType::F64)).unwrap();
-    assert_eq!(y.flatten_all().unwrap().to_vec1::<f64>().unwrap(), vec![1.0; 5]);
+    assert_eq!(
+        y.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+        vec![1.0; 5]
+    );
     // large logits do not overflow
     let big = Tensor::new(&[[1000f32, 999.0, -1000.0]], &Device::Cpu).unwrap();
-    let y = ops::softmax_last_dim(&big).unwrap().to_vec2::<f32>().unwrap();
+    let y = ops::softmax_last_dim(&big)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     let e = (-1f64).exp();
-    assert!((y[0][0] as f64 - 1.0 / (1.0 + e)).abs() < 1e-6 && y[0][2] == 0.0, "{y:?}");
+    assert!(
+        (y[0][0] as f64 - 1.0 / (1.0 + e)).abs() < 1e-6 && y[0][2] == 0.0,
+        "{y:?}"
+    );
 }
 
 #[test]
@@ -145,8 +189,14 @@ fn softmax_non_contiguous_and_neg_inf() {
     let f: &Op = &|t| ops::softmax_last_dim(&t[0].transpose(0, 1).unwrap());
     let c: &Op = &|t| ops::composed_softmax_last_dim(&t[0].transpose(0, 1).unwrap());
     check_all(f, c, &[rnd(&[6, 5], 3, 2.0, DType::F64)], &[0]);
-    let x = Tensor::new(&[[0f64, f64::NEG_INFINITY, 1.0], [f64::NEG_INFINITY, 2.0, f64::NEG_INFINITY]], &Device::Cpu)
-        .unwrap();
+    let x = Tensor::new(
+        &[
+            [0f64, f64::NEG_INFINITY, 1.0],
+            [f64::NEG_INFINITY, 2.0, f64::NEG_INFINITY],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap();
     let a = ops::softmax_last_dim(&x).unwrap();
     let b = ops::composed_softmax_last_dim(&x).unwrap();
     assert!(max_abs_diff(&a, &b) < 1e-15);
@@ -176,22 +226,54 @@ fn masked_softmax_matches_composed() {
     check_all(f, c, &[s.clone(), causal_mask(2, 5, -1e9, 2)], &[0]);
     // -inf entries (no fully masked row: the diagonal is always kept)
     for dt in [DType::F32, DType::F64] {
-        compare(f, c, &[s.to_dtype(dt).unwrap(), causal_mask(2, 5, f64::NEG_INFINITY, 2).to_dtype(dt).unwrap()], &[0], 1e-6, 1e-6);
+        compare(
+            f,
+            c,
+            &[
+                s.to_dtype(dt).unwrap(),
+                causal_mask(2, 5, f64::NEG_INFINITY, 2)
+                    .to_dtype(dt)
+                    .unwrap(),
+            ],
+            &[0],
+            1e-6,
+            1e-6,
+        );
     }
     // a differentiable mask, broadcast over heads, gets the summed gradient
-    check_all(f, c, &[s.clone(), rnd(&[2, 1, 5, 5], 5, 1.0, DType::F64)], &[0, 1]);
+    check_all(
+        f,
+        c,
+        &[s.clone(), rnd(&[2, 1, 5, 5], 5, 1.0, DType::F64)],
+        &[0, 1],
+    );
     // mask broadcast over the batch and the last dim, non-contiguous scores
     let f2: &Op = &|t| ops::masked_softmax(&t[0].transpose(2, 3).unwrap(), &t[1]);
     let c2: &Op = &|t| ops::composed_masked_softmax(&t[0].transpose(2, 3).unwrap(), &t[1]);
-    check_all(f2, c2, &[s, rnd(&[1, 3, 5, 1], 6, 1.0, DType::F64)], &[0, 1]);
+    check_all(
+        f2,
+        c2,
+        &[s, rnd(&[1, 3, 5, 1], 6, 1.0, DType::F64)],
+        &[0, 1],
+    );
     // wrong mask shape is an input error
-    let e = ops::masked_softmax(&rnd(&[2, 3, 5, 5], 1, 1.0, DType::F32), &rnd(&[2, 1, 5, 4], 1, 1.0, DType::F32));
+    let e = ops::masked_softmax(
+        &rnd(&[2, 3, 5, 5], 1, 1.0, DType::F32),
+        &rnd(&[2, 1, 5, 4], 1, 1.0, DType::F32),
+    );
     assert!(e.is_err());
 }
 
 fn targets(n: &[usize], v: u32, seed: u64) -> Tensor {
-    let r = rnd(n, seed, 1.0, DType::F64).flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let ids: Vec<u32> = r.iter().map(|x| (((x + 1.0) / 2.0) * v as f64) as u32 % v).collect();
+    let r = rnd(n, seed, 1.0, DType::F64)
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let ids: Vec<u32> = r
+        .iter()
+        .map(|x| (((x + 1.0) / 2.0) * v as f64) as u32 % v)
+        .collect();
     Tensor::from_vec(ids, n, &Device::Cpu).unwrap()
 }
 
@@ -210,12 +292,15 @@ fn log_softmax_gather_matches_composed() {
     let ct: &Op = &|t| ops::composed_log_softmax_gather(&t[0].transpose(0, 1).unwrap(), &t[1]);
     check_all(ft, ct, &[z, targets(&[4, 3], 11, 9)], &[0]);
     let one = rnd(&[4, 1], 3, 1.0, DType::F64);
-    let lp = ops::log_softmax_gather(&one, &Tensor::zeros(4, DType::U32, &Device::Cpu).unwrap()).unwrap();
+    let lp = ops::log_softmax_gather(&one, &Tensor::zeros(4, DType::U32, &Device::Cpu).unwrap())
+        .unwrap();
     assert_eq!(lp.to_vec1::<f64>().unwrap(), vec![0.0; 4]);
     // out-of-range target and shape mismatch are errors
     let z = rnd(&[2, 5], 1, 1.0, DType::F32);
     assert!(ops::log_softmax_gather(&z, &Tensor::new(&[0u32, 5], &Device::Cpu).unwrap()).is_err());
-    assert!(ops::log_softmax_gather(&z, &Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap()).is_err());
+    assert!(
+        ops::log_softmax_gather(&z, &Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap()).is_err()
+    );
 }
 
 #[test]
@@ -247,27 +332,47 @@ fn token_logprob_entropy_matches_composed() {
         }
     }
     // each row's target avoids the masked entries (flat index % 5 == 1)
-    let tgv: Vec<u32> = (0..10u32).map(|r| if (r * 13) % 5 != 1 { 0 } else { 2 }).collect();
+    let tgv: Vec<u32> = (0..10u32)
+        .map(|r| if (r * 13) % 5 != 1 { 0 } else { 2 })
+        .collect();
     let zm = Tensor::from_vec(zv, (2, 5, 13), &Device::Cpu).unwrap();
     let tgm = Tensor::from_vec(tgv, (2, 5), &Device::Cpu).unwrap();
     check_all(&fb, &cb, &[zm.clone(), tgm.clone()], &[0]);
     // -inf logits: entropy stays finite and matches the -1e9 result (composed gives NaN there)
-    let zi = zm.ge(-1e8).unwrap().where_cond(&zm, &zm.affine(0.0, f64::NEG_INFINITY).unwrap()).unwrap();
+    let zi = zm
+        .ge(-1e8)
+        .unwrap()
+        .where_cond(&zm, &zm.affine(0.0, f64::NEG_INFINITY).unwrap())
+        .unwrap();
     let (lp_i, h_i) = ops::token_logprob_entropy(&zi, &tgm).unwrap();
     let (lp_m, h_m) = ops::token_logprob_entropy(&zm, &tgm).unwrap();
     assert!(max_abs_diff(&lp_i, &lp_m) < 1e-12 && max_abs_diff(&h_i, &h_m) < 1e-12);
     let v = Var::from_tensor(&zi).unwrap();
     let (lp, h) = ops::token_logprob_entropy(v.as_tensor(), &tgm).unwrap();
-    let g = (lp.sum_all().unwrap() + h.sum_all().unwrap()).unwrap().backward().unwrap();
-    let gv = g.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let g = (lp.sum_all().unwrap() + h.sum_all().unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gv = g
+        .get(v.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     assert!(gv.iter().all(|x| x.is_finite()));
     // hand-computed: uniform logits over V=4, target 0: logp = -ln 4, H = ln 4,
     // d logp/dz = onehot - 1/4, dH/dz = -p (log p + H) = 0
     let u = Var::from_tensor(&Tensor::zeros((1, 4), DType::F64, &Device::Cpu).unwrap()).unwrap();
-    let (lp, h) = ops::token_logprob_entropy(u.as_tensor(), &Tensor::new(&[0u32], &Device::Cpu).unwrap()).unwrap();
+    let (lp, h) =
+        ops::token_logprob_entropy(u.as_tensor(), &Tensor::new(&[0u32], &Device::Cpu).unwrap())
+            .unwrap();
     assert!((lp.to_vec1::<f64>().unwrap()[0] + 4f64.ln()).abs() < 1e-15);
     assert!((h.to_vec1::<f64>().unwrap()[0] - 4f64.ln()).abs() < 1e-15);
-    let g = (lp.sum_all().unwrap() + h.sum_all().unwrap()).unwrap().backward().unwrap();
+    let g = (lp.sum_all().unwrap() + h.sum_all().unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
     let gu = g.get(u.as_tensor()).unwrap().to_vec2::<f64>().unwrap();
     assert_eq!(gu, vec![vec![0.75, -0.25, -0.25, -0.25]]);
 }
@@ -283,8 +388,21 @@ fn rms_norm_matches_composed() {
     let ft: &Op = &|t| ops::rms_norm(&t[0].transpose(0, 1).unwrap(), &t[1], 1e-5);
     let ct: &Op = &|t| ops::composed_rms_norm(&t[0].transpose(0, 1).unwrap(), &t[1], 1e-5);
     check_all(ft, ct, &[x, w], &[0, 1]);
-    check_all(f, c, &[rnd(&[4, 1], 15, 2.0, DType::F64), rnd(&[1], 16, 1.0, DType::F64)], &[0, 1]);
-    assert!(ops::rms_norm(&rnd(&[2, 8], 1, 1.0, DType::F32), &rnd(&[7], 1, 1.0, DType::F32), 1e-6).is_err());
+    check_all(
+        f,
+        c,
+        &[
+            rnd(&[4, 1], 15, 2.0, DType::F64),
+            rnd(&[1], 16, 1.0, DType::F64),
+        ],
+        &[0, 1],
+    );
+    assert!(ops::rms_norm(
+        &rnd(&[2, 8], 1, 1.0, DType::F32),
+        &rnd(&[7], 1, 1.0, DType::F32),
+        1e-6
+    )
+    .is_err());
 }
 
 #[test]
@@ -294,14 +412,24 @@ fn silu_mul_matches_composed() {
     let a = rnd(&[3, 4, 6], 17, 4.0, DType::F64);
     let b = rnd(&[3, 4, 6], 18, 2.0, DType::F64);
     check_all(f, c, &[a.clone(), b.clone()], &[0, 1]);
-    let ft: &Op = &|t| ops::silu_mul(&t[0].transpose(1, 2).unwrap(), &t[1].transpose(1, 2).unwrap());
-    let ct: &Op = &|t| ops::composed_silu_mul(&t[0].transpose(1, 2).unwrap(), &t[1].transpose(1, 2).unwrap());
+    let ft: &Op = &|t| {
+        ops::silu_mul(
+            &t[0].transpose(1, 2).unwrap(),
+            &t[1].transpose(1, 2).unwrap(),
+        )
+    };
+    let ct: &Op = &|t| {
+        ops::composed_silu_mul(
+            &t[0].transpose(1, 2).unwrap(),
+            &t[1].transpose(1, 2).unwrap(),
+        )
+    };
     check_all(ft, ct, &[a, b], &[0, 1]);
 }
 
 #[test]
 fn gradients_reach_every_variable_through_a_small_graph() {
-    // x -> rms_norm(w) -> q,k projections -> masked softmax -> mix -> silu_mul -> head -> logprob/entropy
+    // x -> rms_norm(w) -> q,k projections -> rope -> masked softmax -> mix -> silu_mul -> head -> logprob/entropy
     let dt = DType::F32;
     let vars: Vec<Var> = [
         rnd(&[2, 4, 8], 21, 1.0, dt),
@@ -317,23 +445,46 @@ fn gradients_reach_every_variable_through_a_small_graph() {
     .collect();
     let v: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
     let h = ops::rms_norm(v[0], v[1], 1e-6).unwrap();
-    let q = h.broadcast_matmul(v[2]).unwrap();
-    let k = h.broadcast_matmul(v[3]).unwrap();
-    let s = q.matmul(&k.transpose(1, 2).unwrap().contiguous().unwrap()).unwrap().unsqueeze(1).unwrap();
+    // RoPE on q and k viewed as one head: (B,1,T,D) with a (T,D) table
+    let cos = rnd(&[4, 8], 29, 1.0, dt);
+    let sin = rnd(&[4, 8], 30, 1.0, dt);
+    let q = h.broadcast_matmul(v[2]).unwrap().unsqueeze(1).unwrap();
+    let k = h.broadcast_matmul(v[3]).unwrap().unsqueeze(1).unwrap();
+    let q = ops::rope(&q, &cos, &sin).unwrap().squeeze(1).unwrap();
+    let k = ops::rope(&k, &cos, &sin).unwrap().squeeze(1).unwrap();
+    let s = q
+        .matmul(&k.transpose(1, 2).unwrap().contiguous().unwrap())
+        .unwrap()
+        .unsqueeze(1)
+        .unwrap();
     let mask = causal_mask(2, 4, -1e9, 1).to_dtype(dt).unwrap();
     let p = ops::masked_softmax(&s, &mask).unwrap().squeeze(1).unwrap();
     let p = ops::softmax_last_dim(&(p * 3.0).unwrap()).unwrap();
     let m = p.matmul(&h).unwrap();
-    let a = ops::silu_mul(&m.broadcast_matmul(v[4]).unwrap(), &m.broadcast_matmul(v[5]).unwrap()).unwrap();
+    let a = ops::silu_mul(
+        &m.broadcast_matmul(v[4]).unwrap(),
+        &m.broadcast_matmul(v[5]).unwrap(),
+    )
+    .unwrap();
     let logits = a.broadcast_matmul(v[6]).unwrap();
     let tg = targets(&[2, 4], 10, 28);
     let (lp, ent) = ops::token_logprob_entropy(&logits, &tg).unwrap();
     let lp2 = ops::log_softmax_gather(&logits, &tg).unwrap();
-    let loss = ((lp + lp2).unwrap().mean_all().unwrap() + (ent.mean_all().unwrap() * 0.01).unwrap()).unwrap();
+    let loss = ((lp + lp2).unwrap().mean_all().unwrap()
+        + (ent.mean_all().unwrap() * 0.01).unwrap())
+    .unwrap();
     let grads = loss.backward().unwrap();
     for (i, var) in vars.iter().enumerate() {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("variable {i} got no gradient"));
-        let n = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("variable {i} got no gradient"));
+        let n = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(n > 0.0 && n.is_finite(), "variable {i} gradient norm² {n}");
     }
 }
@@ -372,10 +523,26 @@ fn rope_matches_composed() {
     // non-contiguous x (heads and time swapped back)
     let ft: &Op = &|x| ops::rope(&x[0].transpose(1, 2).unwrap(), &x[1], &x[2]);
     let ct: &Op = &|x| ops::composed_rope(&x[0].transpose(1, 2).unwrap(), &x[1], &x[2]);
-    check_all(ft, ct, &[rnd(&[b, t, h, d], 34, 2.0, DType::F64), cos.clone(), sin.clone()], &[0]);
+    check_all(
+        ft,
+        ct,
+        &[
+            rnd(&[b, t, h, d], 34, 2.0, DType::F64),
+            cos.clone(),
+            sin.clone(),
+        ],
+        &[0],
+    );
     // rotation preserves the norm of each (x_j, x_{j+D/2}) pair with a genuine cos/sin table
     let y = ops::rope(&x, &cos, &sin).unwrap();
-    let n = |a: &Tensor| a.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    let n = |a: &Tensor| {
+        a.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
     assert!((n(&y) - n(&x)).abs() < 1e-10);
     assert!(ops::rope(&x, &cos.narrow(2, 0, 4).unwrap(), &sin).is_err());
 }
