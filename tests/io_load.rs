@@ -549,8 +549,10 @@ fn half_precision_checkpoints_load_as_f32_and_tied_files_may_carry_lm_head() {
     for dt in [DType::BF16, DType::F16] {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&src, dir.path());
-        let half: std::collections::HashMap<String, Tensor> =
-            orig.iter().map(|(k, v)| (k.clone(), v.to_dtype(dt).unwrap())).collect();
+        let half: std::collections::HashMap<String, Tensor> = orig
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_dtype(dt).unwrap()))
+            .collect();
         candle_core::safetensors::save(&half, dir.path().join("model.safetensors")).unwrap();
         let vm = varmap_for(&params);
         io::fill_varmap(&vm, dir.path(), &config, &Device::Cpu, DType::F32).unwrap();
