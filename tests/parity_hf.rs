@@ -220,6 +220,26 @@ fn save_for_python_check() {
             score(&m.model, std::slice::from_ref(&ids), 1).unwrap()[0]
         );
     }
+    // A tiny char-level model as the built-in tasks make them.
+    let tok = luspo::model::tokenizer::Tok::char_level("0123456789+=? Hello", &["<pad>", "<eos>"])
+        .unwrap();
+    let mut cfg = io::read_hf_config(&fixture("llama")).unwrap();
+    cfg.vocab_size = tok.vocab_size();
+    cfg.bos_token_id = None;
+    cfg.eos_token_id = Some(1.into());
+    cfg.extra.remove("pad_token_id");
+    let vm = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let model = luspo::model::Transformer::new(&cfg, vb).unwrap();
+    io::save_hf_parts(&out.join("charlevel"), &cfg, &vm, &tok, None, None, None).unwrap();
+    let ids = tok
+        .encode("Hello world!", true)
+        .unwrap_or_else(|_| tok.encode("Hello 12+30=?", true).unwrap());
+    eprintln!(
+        "charlevel {:?} {:?}",
+        ids,
+        score(&model, std::slice::from_ref(&ids), 1).unwrap()[0]
+    );
     if let Some((p, _)) = smollm2() {
         let m = io::load(&p, &Device::Cpu).unwrap();
         io::save_hf(&out.join("smollm2"), &m).unwrap();
