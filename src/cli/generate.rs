@@ -50,10 +50,16 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
     let out = crate::rollout::generate(&m.model, &[prompt], &params, &mut rng)?;
-    let c = out.into_iter().next().ok_or_else(|| anyhow::anyhow!("generation returned no completion"))?;
+    let c = out
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("generation returned no completion"))?;
     let text = m.tokenizer.decode(&c.ids, true)?;
     if args.json {
-        println!("{}", serde_json::json!({ "completion_ids": c.ids, "text": text, "finished": c.finished }));
+        println!(
+            "{}",
+            serde_json::json!({ "completion_ids": c.ids, "text": text, "finished": c.finished })
+        );
     } else {
         println!("{text}");
     }

@@ -25,9 +25,12 @@ struct ScoreInput {
 /// Runs `luspo score`: stdout is `{"logprobs": [[..], ..]}`, entry t = log p(ids[t+1] | ids[..=t]).
 pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
     let mut text = String::new();
-    std::io::stdin().read_to_string(&mut text).context("cannot read stdin")?;
-    let input: ScoreInput = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("stdin: expected {{\"sequences\": [[token ids], ..]}}: {e}"))?;
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("cannot read stdin")?;
+    let input: ScoreInput = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!("stdin: expected {{\"sequences\": [[token ids], ..]}}: {e}")
+    })?;
     if let Some(i) = input.sequences.iter().position(Vec::is_empty) {
         anyhow::bail!("stdin: sequence {i} is empty");
     }
