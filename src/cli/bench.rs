@@ -183,22 +183,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 times.push((t1 - t0, t2 - t1, t3 - t2, t3 - t0));
             }
         }
-        let mean = |f: &dyn Fn(
-            &(
-                std::time::Duration,
-                std::time::Duration,
-                std::time::Duration,
-                std::time::Duration,
-            ),
-        ) -> std::time::Duration| {
-            times.iter().map(|x| f(x).as_secs_f64()).sum::<f64>() / times.len().max(1) as f64
-        };
-        let (fw, bw, op, all) = (
-            mean(&|x| x.0),
-            mean(&|x| x.1),
-            mean(&|x| x.2),
-            mean(&|x| x.3),
-        );
+        // seconds per phase: forward, backward, AdamW, whole step
+        let mut sums = [0f64; 4];
+        for x in &times {
+            for (s, d) in sums.iter_mut().zip([x.0, x.1, x.2, x.3]) {
+                *s += d.as_secs_f64() / times.len().max(1) as f64;
+            }
+        }
+        let [fw, bw, op, all] = sums;
         println!(
             "train     B={b} T={t}: fwd {:.1} ms, bwd {:.1} ms, AdamW {:.1} ms = {:.1} ms/step = {:>8.0} tok/s (mean of {} steps)",
             fw * 1e3,
