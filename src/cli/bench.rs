@@ -3,7 +3,7 @@
 use crate::model::{Config, Transformer};
 use crate::rollout::{generate, token_logprobs, Batch, SamplingParams};
 use anyhow::Context;
-use candle_core::{DType, Device};
+use candle_core::DType;
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use rand::SeedableRng;
 use std::time::Instant;
@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// Use candle's composed differentiable ops on the training path (the slow reference) instead of `crate::ops`.
     #[arg(long)]
     pub composed: bool,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Skip generation.
     #[arg(long)]
     pub no_gen: bool,
@@ -61,7 +64,7 @@ pub fn tiny_bench_config() -> Config {
 /// Runs `luspo bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     crate::ops::tune_malloc();
-    let device = Device::Cpu;
+    let device = crate::model::io::parse_device(&args.device)?;
     let (mut model, varmap) = match (&args.model, &args.config) {
         (Some(path), _) => {
             let loaded = crate::model::io::load(path, &device)?;

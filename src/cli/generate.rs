@@ -10,6 +10,9 @@ pub struct GenerateArgs {
     /// HF model directory or `.gguf` file.
     #[arg(long)]
     pub model: PathBuf,
+    /// Device: cpu, cuda, cuda:N or auto (CUDA when built with the `cuda` feature and present).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// The prompt text.
     #[arg(long)]
     pub prompt: String,
@@ -38,7 +41,7 @@ pub struct GenerateArgs {
 
 /// Runs `luspo generate`: stops at an EOS id of the model or after `--max-new-tokens`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let m = crate::model::io::load(&args.model, &crate::model::io::default_device()?)?;
+    let m = crate::model::io::load(&args.model, &crate::model::io::parse_device(&args.device)?)?;
     let prompt = m.prompt_ids(&args.prompt, args.chat)?;
     let params = SamplingParams {
         temperature: args.temperature,

@@ -96,6 +96,30 @@ pub fn default_device() -> Result<Device> {
     }
 }
 
+/// Parses a device name: `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when built with the `cuda` feature and present).
+pub fn parse_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => default_device(),
+        _ => {
+            let ordinal = match name.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| input_err!("--device {name}: expected cpu, cuda, cuda:N or auto"))?,
+                None => return Err(input_err!("--device {name}: expected cpu, cuda, cuda:N or auto")),
+            };
+            if !candle_core::utils::cuda_is_available() {
+                return Err(input_err!(
+                    "--device {name}: this build has no CUDA (rebuild with `--features cuda` on a machine with nvcc)"
+                ));
+            }
+            Ok(Device::new_cuda(ordinal)?)
+        }
+    }
+}
+
 /// Loads an HF directory or a `.gguf` file into f32 `Var`s on `device`.
 pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
     load_with_dtype(path, device, DType::F32)
