@@ -33,5 +33,5 @@ cat > "$OUT/smollm2_config.json" <<'JSON'
  "rope_theta": 100000.0, "tie_word_embeddings": true, "hidden_act": "silu"}
 JSON
 "$B" bench --device cuda --config "$OUT/smollm2_config.json" --steps 5 2>&1 | tee "$OUT/bench_cuda_smollm2.txt"
-timeout 240 "$B" train --quiet --out "$OUT/run_cuda" --set model.device=\"cuda\" --set train.steps=3 2>&1 | tail -15
+timeout 150 "$B" train --quiet --out "$OUT/run_cuda" --set model.device=\"cuda\" --set train.steps=3 --set sft.steps=50 2>&1 | tail -15
 ls "$OUT/run_cuda" 2>/dev/null && tail -n 3 "$OUT/run_cuda/metrics.jsonl"
