@@ -8,7 +8,7 @@ B=${LUSPO_BIN:-.devbin/luspo}
 if [ ! -x "$B" ] && [ -f "$B.xz" ]; then xz -dc "$B.xz" > /tmp/luspo && chmod +x /tmp/luspo && B=/tmp/luspo; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # cudarc loads cuBLAS/cuRAND at run time: find them wherever the machine keeps them.
-libs=$(find / -xdev \( -name 'libcublas.so.13' -o -name 'libcurand.so.10' -o -name 'libcublasLt.so.13' -o -name 'libcudart.so.13' -o -name 'libcuda.so.1' -o -name 'libnvrtc.so.13' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
+libs=$(find /usr /opt /lib /lib64 /etc/alternatives \( -name 'libcublas.so.13' -o -name 'libcurand.so.10' -o -name 'libcublasLt.so.13' -o -name 'libcudart.so.13' -o -name 'libcuda.so.1' -o -name 'libnvrtc.so.13' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
 export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 M=tests/fixtures/hf/llama
 echo '{"sequences": [[1, 5, 9, 13, 20, 33, 41, 7], [2, 8, 64, 3], [11, 12, 13, 14, 15, 16]]}' > "$OUT/seq.json"
