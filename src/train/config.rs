@@ -313,8 +313,6 @@ impl Default for SftConfig {
 pub struct EvalConfig {
     /// Evaluate every this many RL steps (0 = only before and after RL); always at step 0 and the last step.
     pub every: u64,
-    /// Held-out problems.
-    pub n: usize,
     /// Seed of the held-out problem set (independent of the run seed, so runs compare on the same problems).
     pub seed: u64,
     /// Sampling temperature (0 = greedy).
@@ -327,7 +325,7 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { every: 10, n: 200, seed: 0, temperature: 0.0, max_new_tokens: 0, batch_size: 100 }
+        Self { every: 10, seed: 0, temperature: 0.0, max_new_tokens: 0, batch_size: 100 }
     }
 }
 
@@ -358,10 +356,21 @@ impl RunConfig {
             let text = std::fs::read_to_string(path).map_err(|e| input_err!("{}: {e}", path.display()))?;
             let origin = path.display().to_string();
             let user = parse_table(&text, &origin)?;
-            check_table(&user, &origin)?;
             merge(&mut table, user);
             check_table(&table, &origin)?;
         }
+        apply_sets(&mut table, sets)?;
+        let cfg = from_table(&table, "config")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Loads a run's resolved `config.toml` (struct defaults under it, not the embedded default), then `--set`s.
+    pub fn load_run(path: &Path, sets: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| input_err!("{}: {e}", path.display()))?;
+        let origin = path.display().to_string();
+        let mut table = parse_table(&text, &origin)?;
+        check_table(&table, &origin)?;
         apply_sets(&mut table, sets)?;
         let cfg = from_table(&table, "config")?;
         cfg.validate()?;
@@ -420,6 +429,7 @@ impl RunConfig {
                 return Err(input_err!("{key}: {why}"));
             }
         }
+        self.objective.resolved()?;
         let batch = r.prompts_per_step * r.group_size;
         if t.mini_batch_size > batch {
             return Err(input_err!(
@@ -489,7 +499,6 @@ pub fn apply_sets(table: &mut toml::Table, sets: &[String]) -> Result<()> {
         let value = parse_value(raw.trim());
         let mut one = toml::Table::new();
         insert_path(&mut one, key, value);
-        check_table(&one, &origin)?;
         merge(table, one);
         check_table(table, &origin)?;
     }
