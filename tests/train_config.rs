@@ -2,6 +2,7 @@
 
 use luspo::train::config::{RunConfig, Schedule, WarmupUnit};
 use std::io::Write;
+use std::path::Path;
 
 fn err_of(file: Option<&str>, sets: &[&str]) -> String {
     let tmp = tempfile::NamedTempFile::new().unwrap();
@@ -117,4 +118,36 @@ fn derived_sizes() {
     assert_eq!(cfg.batch_size(), 16);
     assert_eq!(cfg.mini_batch_size(), 6);
     assert_eq!(cfg.optimizer_steps_per_rl_step(), 6); // 2 epochs × ceil(16/6)
+}
+
+#[test]
+fn every_shipped_config_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut names = vec![];
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            let cfg = RunConfig::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let stem = p.file_stem().unwrap().to_string_lossy().to_string();
+            if ["grpo", "dapo", "dr_grpo", "gspo", "gspo_token", "luspo", "cispo"].contains(&stem.as_str()) {
+                assert_eq!(cfg.objective.name, stem, "{}", p.display());
+            }
+            names.push(stem);
+        }
+    }
+    for want in ["default", "grpo", "dapo", "dr_grpo", "gspo", "gspo_token", "luspo", "cispo", "smollm2_wordproblem"] {
+        assert!(names.iter().any(|n| n == want), "configs/{want}.toml is missing");
+    }
+}
+
+#[test]
+fn task_and_reward_keys_are_checked() {
+    let e = err_of(None, &["task.n_bits_mx=3"]);
+    assert_eq!(e, "--set task.n_bits_mx=3: unknown key task.n_bits_mx");
+    let e = err_of(None, &["reward.overlong=maybe"]);
+    assert!(e.starts_with("--set reward.overlong=maybe: bad value for reward.overlong"), "{e}");
+    let e = err_of(None, &["objective.name=ppo"]);
+    assert!(e.contains("objective.name") && e.contains("ppo"), "{e}");
+    let e = err_of(None, &["objective.eps_lo=0.1"]);
+    assert_eq!(e, "--set objective.eps_lo=0.1: unknown key objective.eps_lo");
 }
