@@ -168,7 +168,7 @@ pub fn train(
                 lr,
             })?;
         }
-        if step % 10 == 9 || step + 1 == s.steps || mode != Mode::Lines {
+        if (step + 1) % (s.steps / 20).max(1) == 0 || step + 1 == s.steps || mode != Mode::Lines {
             progress.update(
                 step + 1,
                 &format!("loss {loss_v:.4} gnorm {grad_norm:.3} lr {lr:.2e}"),
