@@ -1,0 +1,26 @@
+//! The RL loop: rollout → reward → advantage → old log-probs → `ppo_epochs` over mini-batches → AdamW.
+//! Also the SFT warm start, the optimizer and schedule, checkpoints and resume (`luspo train`, `luspo sft`).
+//!
+//! - `config`: the run configuration (TOML + `--set` overrides), documented key by key in `docs/config.md`.
+//! - `rl`: the RL loop and the run directory it writes (format: `crate::metrics`).
+//! - `sft`: the supervised warm start and its cache.
+//! - `eval`: held-out evaluation.
+//! - `policy`: the trained model (tiny built-in or loaded), prompt encoding, sampling.
+//! - `optim`: AdamW with saveable moments, gradient-norm clipping, warm-up schedule.
+//! - `checkpoint`: atomic checkpoints and resume state.
+//! - `files`: run-directory files (atomic writes, JSONL logs cut back on resume).
+//! - `progress`: progress bar / lines and the summary table.
+
+pub mod checkpoint;
+pub mod config;
+pub mod eval;
+pub mod files;
+pub(crate) mod glue;
+pub mod optim;
+pub mod policy;
+pub mod progress;
+pub mod rl;
+pub mod sft;
+
+pub use config::RunConfig;
+pub use rl::{train, Outcome, TrainOptions};

@@ -1,0 +1,791 @@
+//! The RL loop. Per step: draw P prompts → G samples each (current policy) → rewards → (dynamic sampling: drop
+//! groups with equal rewards, refill, at most `max_sampling_rounds` rounds) → advantages → old (and reference)
+//! log-probs from the training forward without gradient → `ppo_epochs` passes over shuffled mini-batches with the
+//! objective → AdamW (clip, warm-up). Writes one `StepMetrics` line per step, rollouts, evaluations, checkpoints.
+
+use super::checkpoint::{self, TrainState};
+use super::config::{RunConfig, WarmupUnit};
+use super::eval::{evaluate, EvalSet};
+use super::files::{derive_seed, io_err, read_jsonl, write_json, JsonlLog};
+use super::optim::{lr_at, AdamW, AdamWParams, Grads};
+use super::policy::Policy;
+use super::progress::{summary_table, Mode, Progress};
+use super::sft;
+use crate::advantage;
+use crate::metrics::{EvalRecord, RolloutRecord, StepMetrics, Summary};
+use crate::model::Transformer;
+use crate::objective::{self, ObjectiveStats, PolicyInputs, ResolvedObjective};
+use crate::reward::{self, RewardBreakdown, RewardConfig};
+use crate::rollout::{token_logprobs, Batch, SamplingParams};
+use crate::task::{self, Task, TaskConfig};
+use crate::{input_err, Result};
+use candle_core::{DType, Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How `train` is run.
+#[derive(Clone)]
+pub struct TrainOptions {
+    /// The run directory.
+    pub out: PathBuf,
+    /// Continue from the latest checkpoint of `out`.
+    pub resume: bool,
+    /// Progress display.
+    pub mode: Mode,
+    /// Set (e.g. by a Ctrl-C handler) to stop after the current step with a checkpoint.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+/// How a call to `train` ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// All steps done; the summary was written.
+    Finished(Summary),
+    /// Stopped early (Ctrl-C or `train.stop_after_steps`) after this many steps; resumable.
+    Stopped(u64),
+}
+
+/// The typed `[task]` section.
+pub fn task_config(cfg: &RunConfig) -> Result<TaskConfig> {
+    toml::Value::Table(cfg.task.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| input_err!("task: {}", e.message()))
+}
+
+/// The typed `[reward]` section, resolved against the rollout length.
+pub fn reward_config(cfg: &RunConfig) -> Result<RewardConfig> {
+    let r: RewardConfig = toml::Value::Table(cfg.reward.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| input_err!("reward: {}", e.message()))?;
+    r.resolved(cfg.rollout.max_new_tokens)
+}
+
+/// One sampled response of a step.
+struct Sample {
+    group: usize,
+    prompt_id: String,
+    prompt: Arc<Vec<u32>>,
+    response: Vec<u32>,
+    truncated: bool,
+    reward: RewardBreakdown,
+    advantage: f64,
+    old_lp: Vec<f32>,
+    ref_lp: Option<Vec<f32>>,
+    train: bool,
+}
+
+/// Everything the loop needs, built once per process.
+struct Ctx<'a> {
+    cfg: &'a RunConfig,
+    obj: ResolvedObjective,
+    task: Box<dyn Task>,
+    reward: RewardConfig,
+    policy: Policy,
+    reference: Option<Transformer>,
+    opt: AdamW,
+    params: SamplingParams,
+    device: Device,
+}
+
+fn prepare_dir(out: &Path, resume: bool) -> Result<()> {
+    if !resume && out.join("metrics.jsonl").exists() {
+        return Err(input_err!(
+            "{}: already holds a run (use --resume to continue it, or another --out)",
+            out.display()
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
+    // Probe writability now, for a clear error before any work.
+    let probe = out.join(".write-probe");
+    std::fs::write(&probe, b"").map_err(|e| io_err(out, e))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Runs (or resumes) RL training into `opts.out`.
+pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
+    let t_start = Instant::now();
+    let out = &opts.out;
+    let obj = cfg.objective.resolved()?;
+    let task_cfg = task_config(cfg)?;
+    let task = task::build(&task_cfg)?;
+    let reward = reward_config(cfg)?;
+    let latest = if opts.resume {
+        let l = checkpoint::latest(out)?;
+        if l.is_none() {
+            return Err(input_err!(
+                "{}: no checkpoint to resume from",
+                out.display()
+            ));
+        }
+        l
+    } else {
+        None
+    };
+    prepare_dir(out, opts.resume)?;
+    super::files::atomic_write(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+
+    let mut policy = Policy::build(cfg, task.as_ref(), derive_seed(cfg.seed, "init"))?;
+    let device = policy.model().device().clone();
+    let adam = AdamWParams::from(&cfg.optim);
+
+    let mut state;
+    let reference_path = out.join("reference.safetensors");
+    let mut pre_log = None;
+    if let Some((_, dir)) = &latest {
+        let mut opt = AdamW::new(policy.varmap(), adam)?;
+        state = checkpoint::load(dir, policy.varmap_mut(), &mut opt)?;
+        pre_log = Some(opt);
+    } else {
+        let rep = sft::warm_start(&mut policy, task.as_ref(), cfg, opts.mode)?;
+        if cfg.sft.steps > 0 && opts.mode != Mode::Quiet {
+            if rep.cached {
+                eprintln!(
+                    "warm start: loaded {}",
+                    rep.cache_path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                );
+            } else {
+                eprintln!(
+                    "warm start: {} steps, loss {:.4}, {:.1}s",
+                    rep.steps, rep.final_loss, rep.seconds
+                );
+            }
+        }
+        state = TrainState {
+            step: 0,
+            optimizer_steps: 0,
+            skipped_updates: 0,
+            rng_rollout: ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, "rollout")),
+            rng_data: ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, "data")),
+            rng_shuffle: ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, "shuffle")),
+            prompts_drawn: 0,
+            metrics_lines: 0,
+            rollouts_lines: 0,
+            eval_lines: 0,
+            eval_before: None,
+            eval_last: None,
+            wall_seconds: 0.0,
+        };
+        if obj.kl_beta > 0.0 {
+            let tmp = out.join(".reference.safetensors.tmp");
+            policy
+                .varmap()
+                .save(&tmp)
+                .map_err(|e| input_err!("{}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &reference_path).map_err(|e| io_err(&reference_path, e))?;
+        }
+    }
+    let reference = if obj.kl_beta > 0.0 {
+        let tensors = candle_core::safetensors::load(&reference_path, &device)
+            .map_err(|e| input_err!("{}: {e}", reference_path.display()))?;
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &device);
+        Some(Transformer::new(&policy.m.config, vb)?)
+    } else {
+        None
+    };
+    let opt = match pre_log {
+        Some(o) => o,
+        None => AdamW::new(policy.varmap(), adam)?,
+    };
+    let params = SamplingParams {
+        temperature: cfg.rollout.temperature,
+        top_p: cfg.rollout.top_p,
+        top_k: cfg.rollout.top_k,
+        max_new_tokens: cfg.rollout.max_new_tokens,
+        eos_token_ids: policy.eos_ids(),
+        stop: cfg.rollout.stop.clone(),
+    };
+    let mut ctx = Ctx {
+        cfg,
+        obj,
+        task,
+        reward,
+        policy,
+        reference,
+        opt,
+        params,
+        device,
+    };
+
+    let mut metrics_log =
+        JsonlLog::open_truncated(&out.join("metrics.jsonl"), state.metrics_lines)?;
+    let mut rollouts_log =
+        JsonlLog::open_truncated(&out.join("rollouts.jsonl"), state.rollouts_lines)?;
+    let mut eval_log = JsonlLog::open_truncated(&out.join("eval.jsonl"), state.eval_lines)?;
+    let eval_set = EvalSet::new(cfg, ctx.task.as_ref(), &ctx.policy, task_cfg.eval_size)?;
+    let wall_before = state.wall_seconds;
+    let wall = |state_start: Instant| wall_before + state_start.elapsed().as_secs_f64();
+
+    if latest.is_none() {
+        let e = evaluate(
+            cfg,
+            &ctx.policy,
+            ctx.task.as_ref(),
+            &ctx.reward,
+            &eval_set,
+            0,
+        )?;
+        eval_log.append(&e)?;
+        eval_log.sync()?;
+        if opts.mode != Mode::Quiet {
+            eprintln!(
+                "eval step 0 (before RL): accuracy {:.3}  mean length {:.1}  (n={})",
+                e.accuracy, e.response_length_mean, e.n
+            );
+        }
+        state.eval_before = Some(e.clone());
+        state.eval_last = Some(e);
+        state.eval_lines = eval_log.lines();
+        state.wall_seconds = wall(t_start);
+        checkpoint::save(
+            out,
+            ctx.policy.varmap(),
+            &ctx.opt,
+            &state,
+            cfg.checkpoint.keep,
+        )?;
+    }
+
+    let progress = Progress::new(opts.mode, "rl", cfg.train.steps, state.step);
+    let mut steps_here = 0u64;
+    let mut last_saved = state.step;
+    while state.step < cfg.train.steps {
+        let m = rl_step(&mut ctx, &mut state, &mut rollouts_log)?;
+        metrics_log.append(&m)?;
+        state.step = m.step;
+        state.skipped_updates += m.skipped_updates;
+        progress.step(&m);
+        let every = cfg.eval.every;
+        if state.step == cfg.train.steps || (every > 0 && state.step % every == 0) {
+            let e = evaluate(
+                cfg,
+                &ctx.policy,
+                ctx.task.as_ref(),
+                &ctx.reward,
+                &eval_set,
+                state.step,
+            )?;
+            eval_log.append(&e)?;
+            progress.eval(&e);
+            state.eval_last = Some(e);
+        }
+        metrics_log.sync()?;
+        rollouts_log.sync()?;
+        eval_log.sync()?;
+        state.metrics_lines = metrics_log.lines();
+        state.rollouts_lines = rollouts_log.lines();
+        state.eval_lines = eval_log.lines();
+        state.wall_seconds = wall(t_start);
+        steps_here += 1;
+        let interrupted = opts
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst));
+        let ck_every = cfg.checkpoint.every;
+        let due = (ck_every > 0 && state.step % ck_every == 0)
+            || state.step == cfg.train.steps
+            || interrupted;
+        if cfg.train.stop_after_steps > 0
+            && steps_here >= cfg.train.stop_after_steps
+            && state.step < cfg.train.steps
+        {
+            // Testing hook: behave like a kill (a checkpoint only if one was due anyway).
+            if due && !interrupted {
+                checkpoint::save(
+                    out,
+                    ctx.policy.varmap(),
+                    &ctx.opt,
+                    &state,
+                    cfg.checkpoint.keep,
+                )?;
+            }
+            progress.finish();
+            return Ok(Outcome::Stopped(state.step));
+        }
+        if due {
+            if !checkpoint::weights_finite(ctx.policy.varmap())? {
+                return Err(input_err!(
+                    "step {}: the weights became NaN/inf; the last good checkpoint (step {last_saved}) is kept",
+                    state.step
+                ));
+            }
+            checkpoint::save(
+                out,
+                ctx.policy.varmap(),
+                &ctx.opt,
+                &state,
+                cfg.checkpoint.keep,
+            )?;
+            last_saved = state.step;
+        }
+        if interrupted {
+            progress.finish();
+            if opts.mode != Mode::Quiet {
+                eprintln!("interrupted after step {}: checkpoint written; continue with --resume --out {}", state.step, out.display());
+            }
+            return Ok(Outcome::Stopped(state.step));
+        }
+    }
+    progress.finish();
+
+    let before = state.eval_before.clone().unwrap_or_default();
+    let after = match &state.eval_last {
+        Some(e) if e.step == state.step => e.clone(),
+        _ => {
+            let e = evaluate(
+                cfg,
+                &ctx.policy,
+                ctx.task.as_ref(),
+                &ctx.reward,
+                &eval_set,
+                state.step,
+            )?;
+            eval_log.append(&e)?;
+            eval_log.sync()?;
+            e
+        }
+    };
+    let summary = Summary {
+        objective: cfg.objective.name.clone(),
+        seed: cfg.seed,
+        eval_accuracy_before: before.accuracy,
+        eval_accuracy_after: after.accuracy,
+        eval_response_length_before: before.response_length_mean,
+        eval_response_length_after: after.response_length_mean,
+        steps: state.step,
+        wall_seconds: wall(t_start),
+    };
+    if cfg.checkpoint.save_final {
+        ctx.policy.save_hf(&out.join("final"))?;
+    }
+    write_json(&out.join("summary.json"), &summary)?;
+    if opts.mode != Mode::Quiet {
+        print!("{}", summary_table(&summary, out));
+    }
+    Ok(Outcome::Finished(summary))
+}
+
+/// Reads a run directory's evaluations (for tools and tests).
+pub fn read_evals(out: &Path) -> Result<Vec<EvalRecord>> {
+    read_jsonl(&out.join("eval.jsonl"))
+}
+
+fn lengths_stats(v: &mut [f64]) -> (f64, f64, f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0, 0.0, 0.0);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let q = |p: f64| {
+        let x = p * (v.len() - 1) as f64;
+        let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+        v[lo] + (v[hi] - v[lo]) * (x - lo as f64)
+    };
+    (mean, q(0.1), q(0.9), v[v.len() - 1])
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        s / n as f64
+    }
+}
+
+/// Builds the per-token tensors of a set of samples: batch, old log-probs, train mask, advantages, ref log-probs.
+fn tensors_of(
+    samples: &[&Sample],
+    pad: u32,
+    device: &Device,
+) -> Result<(Batch, Tensor, Tensor, Tensor, Option<Tensor>)> {
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = samples
+        .iter()
+        .map(|s| (s.prompt.as_ref().clone(), s.response.clone()))
+        .collect();
+    let batch = Batch::from_pairs(&pairs, pad, DType::F32, device)?;
+    let (b, t1) = batch.response_mask.dims2()?;
+    let mut old = vec![0f32; b * t1];
+    let mut rf = vec![0f32; b * t1];
+    let mut keep = vec![0f32; b * t1];
+    let has_ref = samples.iter().all(|s| s.ref_lp.is_some()) && !samples.is_empty();
+    for (i, s) in samples.iter().enumerate() {
+        let start = s.prompt.len() - 1;
+        for j in 0..s.response.len() {
+            old[i * t1 + start + j] = s.old_lp.get(j).copied().unwrap_or(0.0);
+            if let Some(r) = &s.ref_lp {
+                rf[i * t1 + start + j] = r.get(j).copied().unwrap_or(0.0);
+            }
+            if s.train {
+                keep[i * t1 + start + j] = 1.0;
+            }
+        }
+    }
+    let old = Tensor::from_vec(old, (b, t1), device)?;
+    let mask = Tensor::from_vec(keep, (b, t1), device)?;
+    let adv = Tensor::from_vec(
+        samples
+            .iter()
+            .map(|s| s.advantage as f32)
+            .collect::<Vec<_>>(),
+        b,
+        device,
+    )?;
+    let rf = if has_ref {
+        Some(Tensor::from_vec(rf, (b, t1), device)?)
+    } else {
+        None
+    };
+    Ok((batch, old, mask, adv, rf))
+}
+
+/// Per-response log-probs (and entropies, summed) of `samples` under `model`, no gradient.
+fn response_logprobs(
+    model: &Transformer,
+    samples: &[&Sample],
+    pad: u32,
+    device: &Device,
+) -> Result<(Vec<Vec<f32>>, Vec<f64>)> {
+    let (batch, ..) = tensors_of(samples, pad, device)?;
+    let (logp, ent) = token_logprobs(model, &batch)?;
+    let logp: Vec<Vec<f32>> = logp.detach().to_vec2()?;
+    let ent: Vec<Vec<f32>> = ent.detach().to_vec2()?;
+    let mut lps = vec![];
+    let mut ents = vec![];
+    for (i, s) in samples.iter().enumerate() {
+        let start = s.prompt.len() - 1;
+        lps.push(logp[i][start..start + s.response.len()].to_vec());
+        ents.push(
+            ent[i][start..start + s.response.len()]
+                .iter()
+                .map(|&x| x as f64)
+                .sum(),
+        );
+    }
+    Ok((lps, ents))
+}
+
+fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Result<StepMetrics> {
+    let t0 = Instant::now();
+    let cfg = ctx.cfg;
+    let step = state.step + 1;
+    let (p_count, g) = (cfg.rollout.prompts_per_step, cfg.rollout.group_size);
+    let verifier = ctx.task.verifier();
+    let mut samples: Vec<Sample> = vec![];
+    let mut kept_groups: Vec<usize> = vec![];
+    let mut n_groups = 0usize;
+    let mut zero_std_groups = 0usize;
+    let mut generated_tokens = 0usize;
+    let mut rounds = 0;
+    while kept_groups.len() < p_count {
+        let need = p_count - kept_groups.len();
+        let mut problems = Vec::with_capacity(need);
+        for _ in 0..need {
+            problems.push(ctx.task.sample_train(&mut state.rng_data)?);
+            state.prompts_drawn += 1;
+        }
+        let encoded: Vec<Arc<Vec<u32>>> = problems
+            .iter()
+            .map(|p| ctx.policy.encode_prompt(&p.prompt).map(Arc::new))
+            .collect::<Result<_>>()?;
+        let prompts: Vec<Vec<u32>> = encoded
+            .iter()
+            .flat_map(|e| std::iter::repeat_n(e.as_ref().clone(), g))
+            .collect();
+        let outs = ctx.policy.generate(
+            ctx.policy.model(),
+            &prompts,
+            &ctx.params,
+            cfg.rollout.generation_batch_size,
+            &mut state.rng_rollout,
+        )?;
+        for (pi, problem) in problems.iter().enumerate() {
+            let group = n_groups;
+            n_groups += 1;
+            let mut rewards = vec![];
+            for gi in 0..g {
+                let c = &outs[pi * g + gi];
+                generated_tokens += c.ids.len();
+                let text = ctx.policy.decode(&c.ids)?;
+                let truncated = !c.finished;
+                let r = reward::score(
+                    &ctx.reward,
+                    &verifier,
+                    &text,
+                    &problem.answer,
+                    c.ids.len(),
+                    truncated,
+                );
+                rewards.push(r.total);
+                samples.push(Sample {
+                    group,
+                    prompt_id: problem.id.clone(),
+                    prompt: encoded[pi].clone(),
+                    response: c.ids.clone(),
+                    truncated,
+                    reward: r,
+                    advantage: 0.0,
+                    old_lp: vec![],
+                    ref_lp: None,
+                    train: !(truncated && cfg.rollout.mask_truncated) && !c.ids.is_empty(),
+                });
+            }
+            let all_equal = rewards.iter().all(|&r| r == rewards[0]);
+            if all_equal {
+                zero_std_groups += 1;
+            }
+            if !(cfg.rollout.dynamic_sampling && all_equal) {
+                kept_groups.push(group);
+            }
+        }
+        rounds += 1;
+        if !cfg.rollout.dynamic_sampling || rounds >= cfg.rollout.max_sampling_rounds {
+            break;
+        }
+    }
+    kept_groups.truncate(p_count);
+
+    // Advantages over the kept groups.
+    let kept: Vec<usize> = (0..samples.len())
+        .filter(|&i| kept_groups.contains(&samples[i].group))
+        .collect();
+    let rewards: Vec<f64> = kept.iter().map(|&i| samples[i].reward.total).collect();
+    let gids: Vec<usize> = kept.iter().map(|&i| samples[i].group).collect();
+    let adv = advantage::compute(cfg.advantage.resolve(&cfg.objective.name), &rewards, &gids);
+    for (k, &i) in kept.iter().enumerate() {
+        samples[i].advantage = adv[k];
+    }
+
+    // Old (and reference) log-probs from the training forward, no gradient.
+    let micro = if cfg.train.micro_batch_size == 0 {
+        cfg.mini_batch_size()
+    } else {
+        cfg.train.micro_batch_size
+    };
+    let pad = ctx.policy.pad_id();
+    let mut trained_tokens = 0usize;
+    let mut ent_sum = 0f64;
+    let mut ent_n = 0usize;
+    let trainable: Vec<usize> = kept
+        .iter()
+        .copied()
+        .filter(|&i| !samples[i].response.is_empty())
+        .collect();
+    for chunk in trainable.chunks(micro.max(1)) {
+        let refs: Vec<&Sample> = chunk.iter().map(|&i| &samples[i]).collect();
+        let (lps, ents) = response_logprobs(ctx.policy.model(), &refs, pad, &ctx.device)?;
+        let rlps = match &ctx.reference {
+            Some(r) => Some(response_logprobs(r, &refs, pad, &ctx.device)?.0),
+            None => None,
+        };
+        trained_tokens += refs
+            .iter()
+            .map(|s| s.prompt.len() + s.response.len())
+            .sum::<usize>();
+        for (k, &i) in chunk.iter().enumerate() {
+            ent_sum += ents[k];
+            ent_n += samples[i].response.len();
+            samples[i].old_lp = lps[k].clone();
+            samples[i].ref_lp = rlps.as_ref().map(|r| r[k].clone());
+        }
+    }
+
+    // ppo_epochs over shuffled mini-batches.
+    let mb = cfg.mini_batch_size().min(trainable.len()).max(1);
+    let mut stats: Vec<ObjectiveStats> = vec![];
+    let mut losses = vec![];
+    let mut norms = vec![];
+    let mut skipped = 0u64;
+    let mut lr_used = current_lr(cfg, state);
+    for _epoch in 0..cfg.train.ppo_epochs {
+        let mut order = trainable.clone();
+        if cfg.train.shuffle {
+            order.shuffle(&mut state.rng_shuffle);
+        }
+        for mbatch in order.chunks(mb) {
+            let n_seq = mbatch.iter().filter(|&&i| samples[i].train).count();
+            let n_tok: usize = mbatch
+                .iter()
+                .filter(|&&i| samples[i].train)
+                .map(|&i| samples[i].response.len())
+                .sum();
+            if n_seq == 0 {
+                continue;
+            }
+            let split = micro < mbatch.len();
+            let mut grads: Option<Grads> = None;
+            let mut finite = true;
+            let mut loss_sum = 0f64;
+            let mut mstats: Vec<(ObjectiveStats, f64)> = vec![];
+            for part in mbatch.chunks(micro.max(1)) {
+                let refs: Vec<&Sample> = part.iter().map(|&i| &samples[i]).collect();
+                let part_seqs = refs.iter().filter(|s| s.train).count();
+                if part_seqs == 0 {
+                    continue;
+                }
+                let (batch, old, mask, adv, rf) = tensors_of(&refs, pad, &ctx.device)?;
+                let (logp, ent) = token_logprobs(ctx.policy.model(), &batch)?;
+                trained_tokens += refs
+                    .iter()
+                    .map(|s| s.prompt.len() + s.response.len())
+                    .sum::<usize>();
+                let inputs = PolicyInputs {
+                    logp: &logp,
+                    old_logp: &old,
+                    mask: &mask,
+                    advantages: &adv,
+                    ref_logp: rf.as_ref(),
+                    entropy: if ctx.obj.entropy_coef != 0.0 {
+                        Some(&ent)
+                    } else {
+                        None
+                    },
+                    global_counts: if split {
+                        Some((n_seq as f64, n_tok as f64))
+                    } else {
+                        None
+                    },
+                };
+                let o = objective::policy_loss_resolved(&ctx.obj, &inputs)?;
+                let l = o.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if !l.is_finite() {
+                    finite = false;
+                    break;
+                }
+                loss_sum += l;
+                mstats.push((o.stats, part_seqs as f64));
+                let gs = ctx.opt.grads_from(&o.loss.backward()?);
+                match grads.as_mut() {
+                    Some(acc) => acc.add(gs)?,
+                    None => grads = Some(gs),
+                }
+            }
+            lr_used = current_lr(cfg, state);
+            state.optimizer_steps += 1;
+            let Some(grads) = grads.filter(|_| finite) else {
+                skipped += 1;
+                continue;
+            };
+            let outcome = ctx.opt.step(&grads, lr_used, cfg.optim.grad_clip)?;
+            if outcome.skipped {
+                skipped += 1;
+                continue;
+            }
+            norms.push(outcome.grad_norm);
+            losses.push(loss_sum);
+            let w: f64 = mstats.iter().map(|(_, w)| w).sum();
+            let mut s = ObjectiveStats::default();
+            let mut kl = 0.0;
+            let mut has_kl = false;
+            for (st, wi) in &mstats {
+                let f = wi / w;
+                s.clip_frac_low += f * st.clip_frac_low;
+                s.clip_frac_high += f * st.clip_frac_high;
+                s.ratio_mean += f * st.ratio_mean;
+                s.approx_kl += f * st.approx_kl;
+                s.pg_loss += st.pg_loss;
+                if let Some(k) = st.kl {
+                    kl += f * k;
+                    has_kl = true;
+                }
+            }
+            s.kl = has_kl.then_some(kl);
+            stats.push(s);
+        }
+    }
+
+    // Metrics over every sampled response of the step.
+    let n = samples.len().max(1) as f64;
+    let rewards_all: Vec<f64> = samples.iter().map(|s| s.reward.total).collect();
+    let reward_mean = rewards_all.iter().sum::<f64>() / n;
+    let reward_std = (rewards_all
+        .iter()
+        .map(|r| (r - reward_mean).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt();
+    let mut lens: Vec<f64> = samples.iter().map(|s| s.response.len() as f64).collect();
+    let (len_mean, p10, p90, len_max) = lengths_stats(&mut lens);
+    let correct = |s: &&Sample| s.reward.accuracy > 0.5;
+    let seconds = t0.elapsed().as_secs_f64();
+    let m = StepMetrics {
+        step,
+        reward_mean,
+        reward_std,
+        accuracy: mean(samples.iter().map(|s| s.reward.accuracy)),
+        reward_format: mean(samples.iter().map(|s| s.reward.format)),
+        reward_overlong: mean(samples.iter().map(|s| s.reward.overlong)),
+        response_length_mean: len_mean,
+        response_length_p10: p10,
+        response_length_p90: p90,
+        response_length_max: len_max,
+        response_length_correct: mean(
+            samples
+                .iter()
+                .filter(correct)
+                .map(|s| s.response.len() as f64),
+        ),
+        response_length_incorrect: mean(
+            samples
+                .iter()
+                .filter(|s| !correct(s))
+                .map(|s| s.response.len() as f64),
+        ),
+        truncated_frac: mean(samples.iter().map(|s| if s.truncated { 1.0 } else { 0.0 })),
+        frac_reward_zero_std: if n_groups > 0 {
+            zero_std_groups as f64 / n_groups as f64
+        } else {
+            0.0
+        },
+        entropy: if ent_n > 0 {
+            ent_sum / ent_n as f64
+        } else {
+            0.0
+        },
+        clip_frac_low: mean(stats.iter().map(|s| s.clip_frac_low)),
+        clip_frac_high: mean(stats.iter().map(|s| s.clip_frac_high)),
+        ratio_mean: mean(stats.iter().map(|s| s.ratio_mean)),
+        approx_kl: mean(stats.iter().map(|s| s.approx_kl)),
+        kl: (ctx.obj.kl_beta > 0.0).then(|| mean(stats.iter().filter_map(|s| s.kl))),
+        loss: mean(losses.iter().copied()),
+        grad_norm: mean(norms.iter().copied()),
+        lr: lr_used,
+        skipped_updates: skipped,
+        tokens_per_s: (generated_tokens + trained_tokens) as f64 / seconds.max(1e-9),
+        step_seconds: seconds,
+    };
+    if cfg.train.log_rollouts {
+        for s in &samples {
+            rollouts.append(&RolloutRecord {
+                step,
+                prompt_id: s.prompt_id.clone(),
+                length: s.response.len() as u32,
+                reward: s.reward.total,
+                correct: s.reward.accuracy > 0.5,
+                advantage: s.advantage,
+                truncated: s.truncated,
+            })?;
+        }
+    }
+    Ok(m)
+}
+
+/// The learning rate of the next optimizer step.
+fn current_lr(cfg: &RunConfig, state: &TrainState) -> f64 {
+    match cfg.optim.warmup_unit {
+        WarmupUnit::Optimizer => lr_at(
+            &cfg.optim,
+            state.optimizer_steps,
+            cfg.train.steps * cfg.optimizer_steps_per_rl_step(),
+        ),
+        WarmupUnit::Rollout => lr_at(&cfg.optim, state.step, cfg.train.steps),
+    }
+}
