@@ -22,7 +22,13 @@ pub struct EvalSet {
 impl EvalSet {
     /// Draws `task.eval_size` held-out problems with `eval.seed` and encodes them.
     pub fn new(cfg: &RunConfig, task: &dyn Task, policy: &Policy, n: usize) -> Result<Self> {
-        let problems = task.problems(Split::Eval, n, cfg.eval.seed)?;
+        // Small problem spaces (e.g. parity with few bits) repeat problems among the draws: evaluate each once.
+        let mut seen = std::collections::HashSet::new();
+        let problems: Vec<_> = task
+            .problems(Split::Eval, n, cfg.eval.seed)?
+            .into_iter()
+            .filter(|p| seen.insert(p.id.clone()))
+            .collect();
         let prompts = problems
             .iter()
             .map(|p| policy.encode_prompt(&p.prompt))
