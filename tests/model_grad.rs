@@ -1,0 +1,149 @@
+//! Gradients of the training path: every parameter gets one, and they match f64 central finite differences.
+
+mod model_support;
+
+use candle_core::{DType, Device, Tensor};
+use luspo::rollout::{token_logprobs, Batch};
+use model_support::{ids, tiny_config, tiny_model};
+
+/// A ragged batch: three (prompt, response) pairs.
+fn batch(vocab: usize, dtype: DType) -> Batch {
+    let pairs = vec![
+        (ids(3, vocab, 1), ids(5, vocab, 2)),
+        (ids(6, vocab, 3), ids(2, vocab, 4)),
+        (ids(1, vocab, 5), ids(7, vocab, 6)),
+    ];
+    Batch::from_pairs(&pairs, 0, dtype, &Device::Cpu).unwrap()
+}
+
+/// A scalar loss using both log-probs and entropies, with per-token weights so no symmetry hides an error.
+fn loss(model: &luspo::model::Transformer, b: &Batch) -> Tensor {
+    let (logp, ent) = token_logprobs(model, b).unwrap();
+    let (bs, t) = logp.dims2().unwrap();
+    let w: Vec<f64> = (0..bs * t).map(|i| 0.5 + ((i * 7) % 5) as f64 * 0.3).collect();
+    let w = Tensor::from_vec(w, (bs, t), &Device::Cpu).unwrap().to_dtype(logp.dtype()).unwrap();
+    let m = (&b.response_mask * w).unwrap();
+    let a = (logp * &m).unwrap().sum_all().unwrap();
+    let e = (ent * &m).unwrap().sum_all().unwrap();
+    (a + (e * 0.3).unwrap()).unwrap()
+}
+
+#[test]
+fn every_parameter_gets_a_nonzero_gradient() {
+    for kind in ["llama", "llama_tied", "llama_bias", "qwen2"] {
+        let cfg = tiny_config(kind);
+        let (model, varmap) = tiny_model(&cfg, DType::F32, 11);
+        let b = batch(cfg.vocab_size, DType::F32);
+        let grads = loss(&model, &b).backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(data.len(), names.len(), "{kind}: VarMap holds exactly the model's parameters");
+        for (name, var) in data.iter() {
+            assert!(names.contains(name), "{kind}: unexpected var {name}");
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{kind}: {name} has no gradient"));
+            let gmax = g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(gmax > 0.0 && gmax.is_finite(), "{kind}: {name} gradient max {gmax}");
+        }
+    }
+}
+
+#[test]
+fn hf_parameter_names() {
+    let cfg = tiny_config("qwen2");
+    let (model, _) = tiny_model(&cfg, DType::F32, 1);
+    let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+    for n in [
+        "model.embed_tokens.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.q_proj.bias",
+        "model.layers.0.self_attn.k_proj.bias",
+        "model.layers.0.self_attn.v_proj.bias",
+        "model.layers.1.self_attn.o_proj.weight",
+        "model.layers.1.post_attention_layernorm.weight",
+        "model.layers.1.mlp.gate_proj.weight",
+        "model.layers.1.mlp.up_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+        "model.norm.weight",
+    ] {
+        assert!(names.contains(&n.to_string()), "missing {n}");
+    }
+    assert!(!names.iter().any(|n| n == "lm_head.weight" || n.ends_with("o_proj.bias")), "{names:?}");
+    let cfg = tiny_config("llama");
+    let (model, _) = tiny_model(&cfg, DType::F32, 1);
+    let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"lm_head.weight".to_string()));
+    assert!(!names.iter().any(|n| n.ends_with(".bias")));
+    // shapes as HF: q (heads*hd, d), k (kv*hd, d)
+    let p: std::collections::HashMap<_, _> = model.named_parameters().into_iter().collect();
+    assert_eq!(p["model.layers.0.self_attn.q_proj.weight"].dims(), &[16, 16]);
+    assert_eq!(p["model.layers.0.self_attn.k_proj.weight"].dims(), &[8, 16]);
+    assert_eq!(p["model.layers.0.mlp.gate_proj.weight"].dims(), &[24, 16]);
+    assert_eq!(p["model.layers.0.mlp.down_proj.weight"].dims(), &[16, 24]);
+}
+
+#[test]
+fn seeded_init_is_reproducible_and_hf_like() {
+    let cfg = tiny_config("llama_bias");
+    let (a, _) = tiny_model(&cfg, DType::F32, 5);
+    let (b, _) = tiny_model(&cfg, DType::F32, 5);
+    let (c, _) = tiny_model(&cfg, DType::F32, 6);
+    for (((name, x), (_, y)), (_, z)) in a.named_parameters().into_iter().zip(b.named_parameters()).zip(c.named_parameters()) {
+        let x: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let z: Vec<f32> = z.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(x, y, "{name}: same seed, same values");
+        if name.ends_with("norm.weight") {
+            assert!(x.iter().all(|&v| v == 1.0), "{name} is ones");
+        } else if name.ends_with(".bias") {
+            assert!(x.iter().all(|&v| v == 0.0), "{name} is zeros");
+        } else {
+            assert_ne!(x, z, "{name}: other seed, other values");
+            let n = x.len() as f64;
+            let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let sd = (x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+            assert!((sd - 0.2).abs() < 0.2 * 0.25, "{name}: std {sd} vs initializer_range 0.2");
+        }
+    }
+}
+
+#[test]
+fn finite_differences_f64() {
+    let eps = 1e-5;
+    for kind in ["llama", "qwen2", "llama_bias"] {
+        let cfg = tiny_config(kind);
+        let (model, varmap) = tiny_model(&cfg, DType::F64, 23);
+        let b = batch(cfg.vocab_size, DType::F64);
+        let grads = loss(&model, &b).backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        let mut worst = 0f64;
+        let mut checked = 0;
+        for (name, var) in data.iter() {
+            // one layer's worth of every tensor kind, plus the globals
+            if name.contains("layers.1.") {
+                continue;
+            }
+            let g: Vec<f64> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let orig: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            // the entry with the largest gradient and two fixed others
+            let imax = (0..g.len()).max_by(|&i, &j| g[i].abs().total_cmp(&g[j].abs())).unwrap();
+            for idx in [imax, g.len() / 3, (g.len() * 5) / 7] {
+                let at = |delta: f64| {
+                    let mut v = orig.clone();
+                    v[idx] += delta;
+                    var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                    loss(&model, &b).to_scalar::<f64>().unwrap()
+                };
+                let num = (at(eps) - at(-eps)) / (2.0 * eps);
+                var.set(&Tensor::from_vec(orig.clone(), var.shape(), &Device::Cpu).unwrap()).unwrap();
+                let ana = g[idx];
+                let err = (num - ana).abs() / (num.abs().max(ana.abs()) + 1e-6);
+                assert!(err < 1e-5, "{kind} {name}[{idx}]: numeric {num} analytic {ana} rel err {err}");
+                worst = worst.max(err);
+                checked += 1;
+            }
+        }
+        assert!(checked >= 30, "{kind}: checked {checked} entries");
+        eprintln!("{kind}: worst relative error {worst:.2e} over {checked} entries");
+    }
+}

@@ -1,0 +1,65 @@
+//! Shared helpers for the model/rollout tests: tiny random configs and models.
+#![allow(dead_code)]
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use luspo::model::{Config, Transformer};
+
+/// A tiny config: `kind` is "llama" (untied), "llama_tied", "llama_bias" (attention + mlp bias) or "qwen2" (GQA,
+/// q/k/v bias, tied).
+pub fn tiny_config(kind: &str) -> Config {
+    let mut v = serde_json::json!({
+        "model_type": "llama",
+        "vocab_size": 37,
+        "hidden_size": 16,
+        "intermediate_size": 24,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": false,
+        "initializer_range": 0.2
+    });
+    match kind {
+        "llama" => {}
+        "llama_tied" => {
+            v["tie_word_embeddings"] = true.into();
+            v["num_key_value_heads"] = 4.into();
+        }
+        "llama_bias" => {
+            v["attention_bias"] = true.into();
+            v["mlp_bias"] = true.into();
+            v["num_key_value_heads"] = 1.into();
+        }
+        "qwen2" => {
+            v["model_type"] = "qwen2".into();
+            v["tie_word_embeddings"] = true.into();
+            v["rope_theta"] = 1000000.0.into();
+            v["rms_norm_eps"] = 1e-6.into();
+        }
+        other => panic!("unknown tiny config {other}"),
+    }
+    serde_json::from_value(v).expect("static tiny config parses")
+}
+
+/// A random model of `config` in `dtype` (seeded), with its VarMap.
+pub fn tiny_model(config: &Config, dtype: DType, seed: u64) -> (Transformer, VarMap) {
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, dtype, &dev);
+    let model = Transformer::new(config, vb).expect("tiny model builds");
+    model.init_weights(&varmap, seed).expect("seeded init");
+    (model, varmap)
+}
+
+/// Deterministic pseudo-random token ids in `0..vocab`.
+pub fn ids(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
+    let mut x = salt.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
