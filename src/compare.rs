@@ -64,7 +64,11 @@ pub struct Plan {
 fn parse(text: &str, origin: &str) -> Result<toml::Table> {
     text.parse::<toml::Table>().map_err(|e| {
         let msg = e.to_string();
-        let first = msg.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" ");
+        let first = msg
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
         input_err!("{origin}: {}", first.replace("TOML parse error ", ""))
     })
 }
@@ -72,10 +76,18 @@ fn parse(text: &str, origin: &str) -> Result<toml::Table> {
 /// Parses `grpo,gspo,luspo` into checked preset names (exactly one line of error for an unknown or repeated one).
 pub fn parse_objectives(list: &[String]) -> Result<Vec<String>> {
     let mut out: Vec<String> = vec![];
-    for name in list.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
+    for name in list
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         if Preset::from_name(name).is_none() {
             let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
-            return Err(input_err!("--objectives: unknown objective `{name}` (expected one of: {})", names.join(", ")));
+            return Err(input_err!(
+                "--objectives: unknown objective `{name}` (expected one of: {})",
+                names.join(", ")
+            ));
         }
         if out.iter().any(|o| o == name) {
             return Err(input_err!("--objectives: `{name}` is listed twice"));
@@ -90,25 +102,40 @@ pub fn parse_objectives(list: &[String]) -> Result<Vec<String>> {
 
 /// Resolves the runs of a comparison (see the module doc for the layering). `objectives`/`seeds` override the
 /// `[compare]` section; every run config is validated here, before anything runs.
-pub fn plan(config: Option<&Path>, sets: &[String], objectives: Option<&[String]>, seeds: Option<u64>) -> Result<Plan> {
+pub fn plan(
+    config: Option<&Path>,
+    sets: &[String],
+    objectives: Option<&[String]>,
+    seeds: Option<u64>,
+) -> Result<Plan> {
     let mut table = parse(DEFAULT_TOML, "configs/default.toml (embedded)")?;
-    merge(&mut table, parse(COMPARE_TOML, "configs/compare.toml (embedded)")?);
+    merge(
+        &mut table,
+        parse(COMPARE_TOML, "configs/compare.toml (embedded)")?,
+    );
     if let Some(path) = config {
-        let text = std::fs::read_to_string(path).map_err(|e| input_err!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| input_err!("{}: {e}", path.display()))?;
         merge(&mut table, parse(&text, &path.display().to_string())?);
     }
     let section: CompareSection = match table.remove("compare") {
-        Some(v) => v.try_into().map_err(|e: toml::de::Error| input_err!("[compare]: {}", e.message().trim()))?,
+        Some(v) => v
+            .try_into()
+            .map_err(|e: toml::de::Error| input_err!("[compare]: {}", e.message().trim()))?,
         None => CompareSection::default(),
     };
     let objectives = match objectives {
         Some(list) => parse_objectives(list)?,
-        None if section.objectives.is_empty() => parse_objectives(&["grpo,gspo,luspo".to_string()])?,
+        None if section.objectives.is_empty() => {
+            parse_objectives(&["grpo,gspo,luspo".to_string()])?
+        }
         None => parse_objectives(&section.objectives)?,
     };
     for k in section.overrides.keys() {
         if Preset::from_name(k).is_none() {
-            return Err(input_err!("[compare.overrides.{k}]: unknown objective `{k}`"));
+            return Err(input_err!(
+                "[compare.overrides.{k}]: unknown objective `{k}`"
+            ));
         }
     }
     let n_seeds = seeds.or(section.seeds).unwrap_or(1);
@@ -133,11 +160,23 @@ pub fn plan(config: Option<&Path>, sets: &[String], objectives: Option<&[String]
             all_sets.push(format!("seed={seed}"));
             apply_sets(&mut t, &all_sets)?;
             let origin = format!("compare config of {obj}, seed {seed}");
-            let config = RunConfig::from_toml_str(&toml::to_string(&t).map_err(|e| input_err!("{origin}: {e}"))?, &origin)?;
-            runs.push(PlannedRun { objective: obj.clone(), seed, name: format!("{obj}-s{seed}"), config });
+            let config = RunConfig::from_toml_str(
+                &toml::to_string(&t).map_err(|e| input_err!("{origin}: {e}"))?,
+                &origin,
+            )?;
+            runs.push(PlannedRun {
+                objective: obj.clone(),
+                seed,
+                name: format!("{obj}-s{seed}"),
+                config,
+            });
         }
     }
-    Ok(Plan { objectives, seeds: seed_list, runs })
+    Ok(Plan {
+        objectives,
+        seeds: seed_list,
+        runs,
+    })
 }
 
 /// How `run` is run.
@@ -157,7 +196,9 @@ pub struct CompareOptions {
 
 /// The default number of parallel runs: the machine's cores (at least 1).
 pub fn default_jobs() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 struct Running {
@@ -171,7 +212,9 @@ struct Running {
 
 fn spawn(opts: &CompareOptions, args: &[String], log: &Path) -> Result<Child> {
     let file = std::fs::File::create(log).map_err(|e| input_err!("{}: {e}", log.display()))?;
-    let err = file.try_clone().map_err(|e| input_err!("{}: {e}", log.display()))?;
+    let err = file
+        .try_clone()
+        .map_err(|e| input_err!("{}: {e}", log.display()))?;
     Command::new(&opts.exe)
         .args(args)
         .env("RAYON_NUM_THREADS", "1")
@@ -189,7 +232,9 @@ fn tail(path: &Path, n: usize) -> String {
 }
 
 fn count_lines(path: &Path) -> u64 {
-    std::fs::read_to_string(path).map(|t| t.lines().count() as u64).unwrap_or(0)
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count() as u64)
+        .unwrap_or(0)
 }
 
 /// Runs jobs (`(name, args, log, metrics file, steps)`) `jobs` at a time; returns the names that failed.
@@ -209,9 +254,18 @@ fn run_pool(
     let mut last_line = String::new();
     loop {
         while running.len() < opts.jobs.max(1) {
-            let Some((name, args, log, metrics, steps)) = queue.next() else { break };
+            let Some((name, args, log, metrics, steps)) = queue.next() else {
+                break;
+            };
             let child = spawn(opts, &args, &log)?;
-            running.push(Running { name, child, log, started: Instant::now(), metrics, total: steps });
+            running.push(Running {
+                name,
+                child,
+                log,
+                started: Instant::now(),
+                metrics,
+                total: steps,
+            });
         }
         if running.is_empty() {
             break;
@@ -219,7 +273,10 @@ fn run_pool(
         std::thread::sleep(Duration::from_millis(250));
         let mut i = 0;
         while i < running.len() {
-            let status = running[i].child.try_wait().map_err(|e| input_err!("waiting for {}: {e}", running[i].name))?;
+            let status = running[i]
+                .child
+                .try_wait()
+                .map_err(|e| input_err!("waiting for {}: {e}", running[i].name))?;
             match status {
                 None => i += 1,
                 Some(st) => {
@@ -254,7 +311,10 @@ fn run_pool(
                             format!("{} step {n}/{}", r.name, r.total)
                         }
                     } else {
-                        format!("{} {:.0}s", r.name, r.started.elapsed().as_secs_f64())
+                        // Warm start: its last progress line, e.g. `sft 170/1000`.
+                        let last = tail(&r.log, 1);
+                        let words: Vec<&str> = last.split_whitespace().take(2).collect();
+                        format!("{} {}", r.name, words.join(" "))
                     }
                 })
                 .collect();
@@ -284,7 +344,9 @@ pub struct CompareOutcome {
 pub fn run(plan: &Plan, opts: &CompareOptions) -> Result<CompareOutcome> {
     let t0 = Instant::now();
     let out = &opts.out;
-    let mk = |p: &Path| std::fs::create_dir_all(p).map_err(|e| input_err!("{}: cannot create: {e}", p.display()));
+    let mk = |p: &Path| {
+        std::fs::create_dir_all(p).map_err(|e| input_err!("{}: cannot create: {e}", p.display()))
+    };
     mk(out)?;
     let (cfg_dir, log_dir) = (out.join("configs"), out.join("logs"));
     mk(&cfg_dir)?;
@@ -293,7 +355,10 @@ pub fn run(plan: &Plan, opts: &CompareOptions) -> Result<CompareOutcome> {
     for r in &plan.runs {
         let dir = out.join(&r.name);
         if !opts.resume && dir.join("metrics.jsonl").exists() {
-            return Err(input_err!("{}: already holds a run (use --resume, or another --out)", dir.display()));
+            return Err(input_err!(
+                "{}: already holds a run (use --resume, or another --out)",
+                dir.display()
+            ));
         }
         let p = cfg_dir.join(format!("{}.toml", r.name));
         crate::train::files::atomic_write(&p, r.config.to_toml()?.as_bytes())?;
@@ -305,19 +370,30 @@ pub fn run(plan: &Plan, opts: &CompareOptions) -> Result<CompareOutcome> {
     let mut seen = std::collections::BTreeSet::new();
     for r in &plan.runs {
         let c = &r.config;
-        let Some(cache) = crate::train::sft::cache_path(c) else { continue };
+        let Some(cache) = crate::train::sft::cache_path(c) else {
+            continue;
+        };
         if c.sft.steps == 0 || cache.exists() || !seen.insert(cache.clone()) {
             continue;
         }
         if opts.resume && out.join(&r.name).join("metrics.jsonl").exists() {
             continue;
         }
-        let args = vec!["compare".into(), "--warm-start-only".into(), cfg_paths[&r.name].display().to_string()];
+        let args = vec![
+            "compare".into(),
+            "--warm-start-only".into(),
+            cfg_paths[&r.name].display().to_string(),
+        ];
         let log = log_dir.join(format!("warm-s{}.log", r.seed));
         warm.push((format!("seed {}", r.seed), args, log, PathBuf::new(), 0));
     }
     if !warm.is_empty() && opts.verbose {
-        eprintln!("warm start: {} SFT run(s) of {} steps, {} at a time", warm.len(), plan.runs[0].config.sft.steps, opts.jobs);
+        eprintln!(
+            "warm start: {} SFT run(s) of {} steps, {} at a time",
+            warm.len(),
+            plan.runs[0].config.sft.steps,
+            opts.jobs
+        );
     }
     let failed = run_pool(opts, "warm start", warm, t0, &mut |name, secs| {
         if opts.verbose {
@@ -325,7 +401,11 @@ pub fn run(plan: &Plan, opts: &CompareOptions) -> Result<CompareOutcome> {
         }
     })?;
     if !failed.is_empty() {
-        return Err(input_err!("warm start failed for {}; logs in {}", failed.join(", "), log_dir.display()));
+        return Err(input_err!(
+            "warm start failed for {}; logs in {}",
+            failed.join(", "),
+            log_dir.display()
+        ));
     }
 
     // Phase 2: the RL runs.
@@ -342,20 +422,39 @@ pub fn run(plan: &Plan, opts: &CompareOptions) -> Result<CompareOutcome> {
         if opts.resume && dir.join("metrics.jsonl").exists() {
             args.extend(["--resume".into(), "--out".into(), dir.display().to_string()]);
         } else {
-            args.extend(["--config".into(), cfg_paths[&r.name].display().to_string(), "--out".into(), dir.display().to_string()]);
+            args.extend([
+                "--config".into(),
+                cfg_paths[&r.name].display().to_string(),
+                "--out".into(),
+                dir.display().to_string(),
+            ]);
         }
         let log = log_dir.join(format!("{}.log", r.name));
-        jobs.push((r.name.clone(), args, log, dir.join("metrics.jsonl"), r.config.train.steps));
+        jobs.push((
+            r.name.clone(),
+            args,
+            log,
+            dir.join("metrics.jsonl"),
+            r.config.train.steps,
+        ));
     }
     if opts.verbose && !jobs.is_empty() {
-        eprintln!("rl: {} run(s) of {} steps, {} at a time; logs in {}", jobs.len(), plan.runs[0].config.train.steps, opts.jobs, log_dir.display());
+        eprintln!(
+            "rl: {} run(s) of {} steps, {} at a time; logs in {}",
+            jobs.len(),
+            plan.runs[0].config.train.steps,
+            opts.jobs,
+            log_dir.display()
+        );
     }
     let failed = run_pool(opts, "rl", jobs, t0, &mut |name, secs| {
         if !opts.verbose {
             return;
         }
         let path = out.join(name).join("summary.json");
-        let summary = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<crate::metrics::Summary>(&t).ok());
+        let summary = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<crate::metrics::Summary>(&t).ok());
         match summary {
             Some(s) => eprintln!(
                 "{name}: done in {secs:.0}s  eval accuracy {:.3} → {:.3}  mean length {:.1} → {:.1}",
@@ -364,8 +463,12 @@ pub fn run(plan: &Plan, opts: &CompareOptions) -> Result<CompareOutcome> {
             None => eprintln!("{name}: done in {secs:.0}s"),
         }
     })?;
-    let run_dirs: Vec<PathBuf> =
-        plan.runs.iter().map(|r| out.join(&r.name)).filter(|d| d.join("summary.json").exists()).collect();
+    let run_dirs: Vec<PathBuf> = plan
+        .runs
+        .iter()
+        .map(|r| out.join(&r.name))
+        .filter(|d| d.join("summary.json").exists())
+        .collect();
     if !failed.is_empty() {
         if !run_dirs.is_empty() {
             let _ = crate::report::report_dirs(&run_dirs, out);
@@ -380,7 +483,11 @@ pub fn run(plan: &Plan, opts: &CompareOptions) -> Result<CompareOutcome> {
         ));
     }
     let comparison = crate::report::report_dirs(&run_dirs, out)?;
-    Ok(CompareOutcome { comparison, run_dirs, seconds: t0.elapsed().as_secs_f64() })
+    Ok(CompareOutcome {
+        comparison,
+        run_dirs,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 /// The warm-start child (`luspo compare --warm-start-only CONFIG`): trains the SFT warm start of the run config in
@@ -388,13 +495,24 @@ pub fn run(plan: &Plan, opts: &CompareOptions) -> Result<CompareOutcome> {
 pub fn warm_start_only(config: &Path) -> Result<()> {
     let cfg = RunConfig::load(Some(config), &[])?;
     if crate::train::sft::cache_path(&cfg).is_none() {
-        return Err(input_err!("{}: sft.cache is off; nothing to warm", config.display()));
+        return Err(input_err!(
+            "{}: sft.cache is off; nothing to warm",
+            config.display()
+        ));
     }
     let task = crate::task::build(&crate::train::rl::task_config(&cfg)?)?;
     let init = crate::train::files::derive_seed(cfg.seed, "init");
     let mut policy = crate::train::policy::Policy::build(&cfg, task.as_ref(), init)?;
-    let rep = crate::train::sft::warm_start(&mut policy, task.as_ref(), &cfg, crate::train::progress::Mode::Lines)?;
-    eprintln!("warm start: {} steps, final loss {:.4}, {:.1}s, cached {}", rep.steps, rep.final_loss, rep.seconds, rep.cached);
+    let rep = crate::train::sft::warm_start(
+        &mut policy,
+        task.as_ref(),
+        &cfg,
+        crate::train::progress::Mode::Lines,
+    )?;
+    eprintln!(
+        "warm start: {} steps, final loss {:.4}, {:.1}s, cached {}",
+        rep.steps, rep.final_loss, rep.seconds, rep.cached
+    );
     Ok(())
 }
 
@@ -417,8 +535,16 @@ pub fn final_table(cmp: &crate::report::Comparison) -> String {
             "{:<10} {:>5}  {:>22}  {:>26}\n",
             o.objective,
             o.n_seeds,
-            format!("{} → {}", pm(&o.eval_accuracy_before, 3), pm(&o.eval_accuracy_after, 3)),
-            format!("{} → {}", pm(&o.eval_response_length_before, 1), pm(&o.eval_response_length_after, 1)),
+            format!(
+                "{} → {}",
+                pm(&o.eval_accuracy_before, 3),
+                pm(&o.eval_accuracy_after, 3)
+            ),
+            format!(
+                "{} → {}",
+                pm(&o.eval_response_length_before, 1),
+                pm(&o.eval_response_length_after, 1)
+            ),
         );
     }
     s

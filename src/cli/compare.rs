@@ -52,14 +52,19 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let objectives = args.objectives.map(|o| vec![o]);
-    let plan = crate::compare::plan(args.config.as_deref(), &args.set, objectives.as_deref(), args.seeds)?;
+    let plan = crate::compare::plan(
+        args.config.as_deref(),
+        &args.set,
+        objectives.as_deref(),
+        args.seeds,
+    )?;
     let jobs = args.jobs.unwrap_or_else(crate::compare::default_jobs);
     if jobs == 0 {
         anyhow::bail!("--jobs: must be ≥ 1");
     }
-    let out = args
-        .out
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("compare-{}", crate::train::files::timestamp())));
+    let out = args.out.unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!("compare-{}", crate::train::files::timestamp()))
+    });
     let opts = crate::compare::CompareOptions {
         out: out.clone(),
         jobs,
