@@ -33,6 +33,7 @@ enum Command {
 
 fn main() {
     let args = Args::parse();
+    luspo::ops::tune_malloc();
     let result = match args.command {
         Command::Loss(a) => cli::loss::run(a),
         Command::Score(a) => cli::score::run(a),

@@ -10,8 +10,16 @@ use rand_chacha::ChaCha8Rng;
 
 fn varmap() -> VarMap {
     let vm = VarMap::new();
-    vm.get((2, 3), "a.weight", Init::Const(0.5), DType::F32, &Device::Cpu).unwrap();
-    vm.get(3, "b.norm", Init::Const(1.0), DType::F32, &Device::Cpu).unwrap();
+    vm.get(
+        (2, 3),
+        "a.weight",
+        Init::Const(0.5),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    vm.get(3, "b.norm", Init::Const(1.0), DType::F32, &Device::Cpu)
+        .unwrap();
     vm
 }
 
@@ -49,7 +57,12 @@ fn step_once(opt: &mut AdamW) {
 fn round_trip_restores_weights_moments_and_rngs() {
     let dir = tempfile::tempdir().unwrap();
     let vm = varmap();
-    let params = AdamWParams { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+    let params = AdamWParams {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    };
     let mut opt = AdamW::new(&vm, params).unwrap();
     step_once(&mut opt);
     let st = state(2);
@@ -63,7 +76,11 @@ fn round_trip_restores_weights_moments_and_rngs() {
     assert_eq!(st2, st);
     let mut a = st.rng_rollout.clone();
     let mut b = st2.rng_rollout.clone();
-    assert_eq!(a.next_u64(), b.next_u64(), "the RNG continues where it stopped");
+    assert_eq!(
+        a.next_u64(),
+        b.next_u64(),
+        "the RNG continues where it stopped"
+    );
     assert_eq!(opt2.t, opt.t);
     // Same next update on both.
     step_once(&mut opt);
@@ -71,7 +88,14 @@ fn round_trip_restores_weights_moments_and_rngs() {
     let w1 = checkpoint::snapshot(&vm).unwrap();
     let w2 = checkpoint::snapshot(&vm2).unwrap();
     for (k, t) in &w1 {
-        let d = (t - &w2[k]).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (t - &w2[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(d, 0.0, "{k}");
     }
 }
@@ -80,11 +104,24 @@ fn round_trip_restores_weights_moments_and_rngs() {
 fn keeps_only_the_newest_and_ignores_partial_dirs() {
     let dir = tempfile::tempdir().unwrap();
     let vm = varmap();
-    let opt = AdamW::new(&vm, AdamWParams { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }).unwrap();
+    let opt = AdamW::new(
+        &vm,
+        AdamWParams {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+    )
+    .unwrap();
     for s in 1..=4 {
         checkpoint::save(dir.path(), &vm, &opt, &state(s), 2).unwrap();
     }
-    let steps: Vec<u64> = checkpoint::list(dir.path()).unwrap().into_iter().map(|(s, _)| s).collect();
+    let steps: Vec<u64> = checkpoint::list(dir.path())
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
     assert_eq!(steps, vec![3, 4]);
     // A half-written checkpoint (as after SIGKILL during a save) is never picked.
     let partial = dir.path().join("checkpoints").join(".tmp-step-000005-1");
@@ -99,13 +136,28 @@ fn keeps_only_the_newest_and_ignores_partial_dirs() {
 fn refuses_to_checkpoint_nan_weights() {
     let dir = tempfile::tempdir().unwrap();
     let vm = varmap();
-    let opt = AdamW::new(&vm, AdamWParams { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }).unwrap();
+    let opt = AdamW::new(
+        &vm,
+        AdamWParams {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+    )
+    .unwrap();
     checkpoint::save(dir.path(), &vm, &opt, &state(1), 1).unwrap();
-    vm.data().lock().unwrap()["a.weight"].set(&Tensor::new(&[[1f32, f32::NAN, 0.0], [0.0, 0.0, 0.0]], &Device::Cpu).unwrap()).unwrap();
+    vm.data().lock().unwrap()["a.weight"]
+        .set(&Tensor::new(&[[1f32, f32::NAN, 0.0], [0.0, 0.0, 0.0]], &Device::Cpu).unwrap())
+        .unwrap();
     assert!(!checkpoint::weights_finite(&vm).unwrap());
     let e = checkpoint::save(dir.path(), &vm, &opt, &state(2), 1).unwrap_err();
     assert!(e.to_string().contains("NaN"), "{e}");
-    assert_eq!(checkpoint::latest(dir.path()).unwrap().unwrap().0, 1, "the last good checkpoint stays");
+    assert_eq!(
+        checkpoint::latest(dir.path()).unwrap().unwrap().0,
+        1,
+        "the last good checkpoint stays"
+    );
 }
 
 #[test]
@@ -114,7 +166,16 @@ fn unwritable_run_dir_gives_a_clear_error() {
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, b"x").unwrap();
     let vm = varmap();
-    let opt = AdamW::new(&vm, AdamWParams { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }).unwrap();
+    let opt = AdamW::new(
+        &vm,
+        AdamWParams {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+    )
+    .unwrap();
     let e = checkpoint::save(&blocker, &vm, &opt, &state(1), 1).unwrap_err();
     let s = e.to_string();
     assert!(s.contains("checkpoints") && !s.contains('\n'), "{s}");
@@ -138,8 +199,14 @@ fn jsonl_logs_cut_back_to_a_line_count() {
     log.append(&serde_json::json!({ "step": 3 })).unwrap();
     drop(log);
     let text = std::fs::read_to_string(&p).unwrap();
-    assert_eq!(text, "{\"step\":0}\n{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n");
-    assert!(truncate_lines(&p, 10).is_err(), "fewer lines than the checkpoint says is an error");
+    assert_eq!(
+        text,
+        "{\"step\":0}\n{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n"
+    );
+    assert!(
+        truncate_lines(&p, 10).is_err(),
+        "fewer lines than the checkpoint says is an error"
+    );
     truncate_lines(&p, 0).unwrap();
     assert_eq!(std::fs::read_to_string(&p).unwrap(), "");
 }

@@ -2,6 +2,7 @@
 
 use luspo::train::config::{RunConfig, Schedule, WarmupUnit};
 use std::io::Write;
+use std::path::Path;
 
 fn err_of(file: Option<&str>, sets: &[&str]) -> String {
     let tmp = tempfile::NamedTempFile::new().unwrap();
@@ -14,7 +15,10 @@ fn err_of(file: Option<&str>, sets: &[&str]) -> String {
     match RunConfig::load(path.as_deref(), &sets) {
         Ok(_) => panic!("expected an error for {file:?} {sets:?}"),
         Err(e) => {
-            assert!(matches!(e, luspo::Error::Input(_)), "not an input error: {e:?}");
+            assert!(
+                matches!(e, luspo::Error::Input(_)),
+                "not an input error: {e:?}"
+            );
             let s = e.to_string();
             assert!(!s.contains('\n'), "error is not one line: {s}");
             s
@@ -27,7 +31,10 @@ fn embedded_default_parses() {
     let cfg = RunConfig::load(None, &[]).unwrap();
     assert_eq!(cfg.objective.name, "luspo");
     assert!(cfg.sft.steps > 0, "the default run warm-starts");
-    assert!(cfg.model.path.is_empty(), "the default run uses the tiny model");
+    assert!(
+        cfg.model.path.is_empty(),
+        "the default run uses the tiny model"
+    );
     // The resolved config round-trips through TOML.
     let text = cfg.to_toml().unwrap();
     let again = RunConfig::from_toml_str(&text, "config.toml").unwrap();
@@ -63,13 +70,20 @@ fn set_overrides_parse_values_as_toml() {
 #[test]
 fn file_layers_over_the_default_and_sets_over_the_file() {
     let tmp = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(tmp.path(), "[optim]\nlr = 5e-4\nbeta2 = 0.99\n[train]\nppo_epochs = 2\n").unwrap();
+    std::fs::write(
+        tmp.path(),
+        "[optim]\nlr = 5e-4\nbeta2 = 0.99\n[train]\nppo_epochs = 2\n",
+    )
+    .unwrap();
     let cfg = RunConfig::load(Some(tmp.path()), &["optim.lr=1e-5".into()]).unwrap();
     assert_eq!(cfg.optim.lr, 1e-5);
     assert_eq!(cfg.optim.beta2, 0.99);
     assert_eq!(cfg.train.ppo_epochs, 2);
     let default = RunConfig::load(None, &[]).unwrap();
-    assert_eq!(cfg.sft, default.sft, "keys absent from the file keep the embedded default");
+    assert_eq!(
+        cfg.sft, default.sft,
+        "keys absent from the file keep the embedded default"
+    );
 }
 
 #[test]
@@ -86,13 +100,19 @@ fn unknown_key_in_set_names_it() {
 fn unknown_key_in_file_names_file_and_key() {
     let e = err_of(Some("[rollout]\ngroup_sise = 4\n"), &[]);
     assert!(e.ends_with(": unknown key rollout.group_sise"), "{e}");
-    assert!(e.contains(".tmp") || e.contains("tmp"), "names the file: {e}");
+    assert!(
+        e.contains(".tmp") || e.contains("tmp"),
+        "names the file: {e}"
+    );
 }
 
 #[test]
 fn bad_values_name_the_key() {
     let e = err_of(None, &["optim.lr=fast"]);
-    assert!(e.starts_with("--set optim.lr=fast: bad value for optim.lr"), "{e}");
+    assert!(
+        e.starts_with("--set optim.lr=fast: bad value for optim.lr"),
+        "{e}"
+    );
     let e = err_of(None, &["optim.warmup_unit=epochs"]);
     assert!(e.contains("bad value for optim.warmup_unit"), "{e}");
     let e = err_of(None, &["optim.lr=-1"]);
@@ -100,7 +120,10 @@ fn bad_values_name_the_key() {
     let e = err_of(None, &["rollout.top_p=0"]);
     assert_eq!(e, "rollout.top_p: must be in (0, 1]");
     let e = err_of(None, &["train.mini_batch_size=100000"]);
-    assert!(e.starts_with("train.mini_batch_size: 100000 is larger than the rollout batch"), "{e}");
+    assert!(
+        e.starts_with("train.mini_batch_size: 100000 is larger than the rollout batch"),
+        "{e}"
+    );
     let e = err_of(None, &["optim.lr"]);
     assert!(e.contains("expected section.key=value"), "{e}");
     let e = err_of(Some("[optim\nlr = 1"), &[]);
@@ -111,10 +134,77 @@ fn bad_values_name_the_key() {
 fn derived_sizes() {
     let cfg = RunConfig::load(
         None,
-        &["rollout.prompts_per_step=4".into(), "rollout.group_size=4".into(), "train.mini_batch_size=6".into(), "train.ppo_epochs=2".into()],
+        &[
+            "rollout.prompts_per_step=4".into(),
+            "rollout.group_size=4".into(),
+            "train.mini_batch_size=6".into(),
+            "train.ppo_epochs=2".into(),
+        ],
     )
     .unwrap();
     assert_eq!(cfg.batch_size(), 16);
     assert_eq!(cfg.mini_batch_size(), 6);
     assert_eq!(cfg.optimizer_steps_per_rl_step(), 6); // 2 epochs × ceil(16/6)
+}
+
+#[test]
+fn every_shipped_config_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut names = vec![];
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            let cfg =
+                RunConfig::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let stem = p.file_stem().unwrap().to_string_lossy().to_string();
+            if [
+                "grpo",
+                "dapo",
+                "dr_grpo",
+                "gspo",
+                "gspo_token",
+                "luspo",
+                "cispo",
+            ]
+            .contains(&stem.as_str())
+            {
+                assert_eq!(cfg.objective.name, stem, "{}", p.display());
+            }
+            names.push(stem);
+        }
+    }
+    for want in [
+        "default",
+        "grpo",
+        "dapo",
+        "dr_grpo",
+        "gspo",
+        "gspo_token",
+        "luspo",
+        "cispo",
+        "smollm2_wordproblem",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "configs/{want}.toml is missing"
+        );
+    }
+}
+
+#[test]
+fn task_and_reward_keys_are_checked() {
+    let e = err_of(None, &["task.n_bits_mx=3"]);
+    assert_eq!(e, "--set task.n_bits_mx=3: unknown key task.n_bits_mx");
+    let e = err_of(None, &["reward.overlong=maybe"]);
+    assert!(
+        e.starts_with("--set reward.overlong=maybe: bad value for reward.overlong"),
+        "{e}"
+    );
+    let e = err_of(None, &["objective.name=ppo"]);
+    assert!(e.contains("objective.name") && e.contains("ppo"), "{e}");
+    let e = err_of(None, &["objective.eps_lo=0.1"]);
+    assert_eq!(
+        e,
+        "--set objective.eps_lo=0.1: unknown key objective.eps_lo"
+    );
 }

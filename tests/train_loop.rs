@@ -32,7 +32,10 @@ fn tiny_sets(cache_dir: &Path) -> Vec<String> {
     ]
     .iter()
     .map(|s| s.to_string())
-    .chain([format!("sft.cache_dir={:?}", cache_dir.display().to_string())])
+    .chain([format!(
+        "sft.cache_dir={:?}",
+        cache_dir.display().to_string()
+    )])
     .collect()
 }
 
@@ -43,7 +46,12 @@ fn cfg_with(cache: &Path, extra: &[&str]) -> RunConfig {
 }
 
 fn opts(out: &Path, resume: bool) -> TrainOptions {
-    TrainOptions { out: out.to_path_buf(), resume, mode: Mode::Quiet, interrupt: None }
+    TrainOptions {
+        out: out.to_path_buf(),
+        resume,
+        mode: Mode::Quiet,
+        interrupt: None,
+    }
 }
 
 /// Metrics without the timing fields.
@@ -90,10 +98,16 @@ fn same_seed_same_metrics_and_resume_is_exactly_once() {
     // Uninterrupted reference run.
     let a = tmp.path().join("a");
     let out = train(&cfg, &opts(&a, false)).unwrap();
-    let Outcome::Finished(sa) = out else { panic!("run a did not finish") };
+    let Outcome::Finished(sa) = out else {
+        panic!("run a did not finish")
+    };
     assert_eq!(steps_of(&a), vec![1, 2, 3, 4]);
     let ev: Vec<u64> = evals(&a).iter().map(|e| e.step).collect();
-    assert_eq!(ev, vec![0, 2, 4], "eval at step 0 (after warm start), every 2 steps");
+    assert_eq!(
+        ev,
+        vec![0, 2, 4],
+        "eval at step 0 (after warm start), every 2 steps"
+    );
     assert_eq!(rollouts(&a).len(), 4 * 8);
     for m in untimed(&a) {
         assert!(m.grad_norm >= 0.0 && m.grad_norm.is_finite(), "{m:?}");
@@ -101,13 +115,20 @@ fn same_seed_same_metrics_and_resume_is_exactly_once() {
         assert_eq!(m.kl, None, "no KL term in the default objective");
         assert_eq!(m.skipped_updates, 0);
     }
-    assert!(untimed(&a).iter().any(|m| m.grad_norm > 0.0), "some step had a learning signal");
-    let summary: Summary = serde_json::from_str(&std::fs::read_to_string(a.join("summary.json")).unwrap()).unwrap();
+    assert!(
+        untimed(&a).iter().any(|m| m.grad_norm > 0.0),
+        "some step had a learning signal"
+    );
+    let summary: Summary =
+        serde_json::from_str(&std::fs::read_to_string(a.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary.steps, 4);
     assert_eq!(summary.eval_accuracy_before, evals(&a)[0].accuracy);
     assert_eq!(summary.eval_accuracy_after, evals(&a)[2].accuracy);
     assert_eq!(sa.eval_accuracy_after, summary.eval_accuracy_after);
-    assert!(a.join("final").join("model.safetensors").exists() && a.join("final").join("config.json").exists());
+    assert!(
+        a.join("final").join("model.safetensors").exists()
+            && a.join("final").join("config.json").exists()
+    );
     let cks = checkpoint::list(&a).unwrap();
     assert_eq!(cks.len(), 1, "only the newest checkpoint is kept");
     assert_eq!(cks[0].0, 4);
@@ -125,7 +146,8 @@ fn same_seed_same_metrics_and_resume_is_exactly_once() {
     assert_eq!(steps_of(&c), vec![1, 2, 3]);
     assert_eq!(checkpoint::latest(&c).unwrap().unwrap().0, 2);
     // Resume: step 3 is redone once, and the whole run equals the uninterrupted one.
-    let cfg_r = RunConfig::load_run(&c.join("config.toml"), &["train.stop_after_steps=0".into()]).unwrap();
+    let cfg_r =
+        RunConfig::load_run(&c.join("config.toml"), &["train.stop_after_steps=0".into()]).unwrap();
     let out = train(&cfg_r, &opts(&c, true)).unwrap();
     assert!(matches!(out, Outcome::Finished(_)));
     assert_eq!(steps_of(&c), vec![1, 2, 3, 4]);
@@ -157,7 +179,9 @@ fn sigkill_and_resume_equals_uninterrupted() {
         } else {
             c.arg("--config").arg(&cfg_path);
         }
-        c.env("RAYON_NUM_THREADS", "1").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        c.env("RAYON_NUM_THREADS", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         c
     };
     let a = tmp.path().join("a");
@@ -169,7 +193,9 @@ fn sigkill_and_resume_equals_uninterrupted() {
     let mut child = run(&b, false).spawn().unwrap();
     let t0 = std::time::Instant::now();
     loop {
-        let lines = std::fs::read_to_string(b.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0);
+        let lines = std::fs::read_to_string(b.join("metrics.jsonl"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
         if lines >= 2 {
             break;
         }
@@ -182,7 +208,11 @@ fn sigkill_and_resume_equals_uninterrupted() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(run(&b, true).status().unwrap().success());
-    assert_eq!(steps_of(&b), vec![1, 2, 3, 4, 5, 6], "every step exactly once");
+    assert_eq!(
+        steps_of(&b),
+        vec![1, 2, 3, 4, 5, 6],
+        "every step exactly once"
+    );
     assert_same_run(&a, &b);
 }
 
@@ -216,18 +246,35 @@ fn mini_batches_kl_and_dynamic_sampling() {
         let kl = m.kl.expect("kl is logged when kl_beta > 0");
         assert!(kl.is_finite() && kl >= 0.0);
         // Off-policy mini-batches: the ratio moved away from 1.
-        assert!((m.ratio_mean - 1.0).abs() > 1e-7 || m.approx_kl.abs() > 1e-9, "{m:?}");
+        assert!(
+            (m.ratio_mean - 1.0).abs() > 1e-7 || m.approx_kl.abs() > 1e-9,
+            "{m:?}"
+        );
     }
     assert!(a.join("reference.safetensors").exists());
 
     // Dynamic sampling: groups with equal rewards are dropped and refilled (at most 3 rounds).
     let b = tmp.path().join("b");
-    train(&cfg_with(&cache, &["train.steps=2", "rollout.dynamic_sampling=true", "rollout.max_sampling_rounds=3"]), &opts(&b, false))
-        .unwrap();
+    train(
+        &cfg_with(
+            &cache,
+            &[
+                "train.steps=2",
+                "rollout.dynamic_sampling=true",
+                "rollout.max_sampling_rounds=3",
+            ],
+        ),
+        &opts(&b, false),
+    )
+    .unwrap();
     let rs = rollouts(&b);
     for step in 1..=2u64 {
         let recs: Vec<&RolloutRecord> = rs.iter().filter(|r| r.step == step).collect();
-        assert!(recs.len() % 4 == 0 && recs.len() >= 8 && recs.len() <= 24, "{}", recs.len());
+        assert!(
+            recs.len() % 4 == 0 && recs.len() >= 8 && recs.len() <= 24,
+            "{}",
+            recs.len()
+        );
         // Every group that was kept has non-zero advantages somewhere; dropped ones have all-equal rewards.
         for g in recs.chunks(4) {
             let equal = g.iter().all(|r| r.reward == g[0].reward);
@@ -254,9 +301,13 @@ fn warm_start_cache_and_errors() {
     // Unwritable --out: one clear line.
     let blocker = tmp.path().join("file");
     std::fs::write(&blocker, b"x").unwrap();
-    let e = train(&cfg, &opts(&blocker.join("run"), false)).unwrap_err().to_string();
+    let e = train(&cfg, &opts(&blocker.join("run"), false))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("file/run") && !e.contains('\n'), "{e}");
     // Resume without a checkpoint.
-    let e = train(&cfg, &opts(&tmp.path().join("nothing"), true)).unwrap_err().to_string();
+    let e = train(&cfg, &opts(&tmp.path().join("nothing"), true))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no checkpoint"), "{e}");
 }

@@ -59,12 +59,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         if args.config.is_some() {
             anyhow::bail!("--resume continues with the run's own config.toml; drop --config (use --set to change keys)");
         }
-        let out = args.out.as_ref().ok_or_else(|| anyhow::anyhow!("--resume needs --out DIR"))?;
+        let out = args
+            .out
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("--resume needs --out DIR"))?;
         RunConfig::load_run(&out.join("config.toml"), &args.set)?
     } else {
         RunConfig::load(args.config.as_deref(), &args.set)?
     };
-    let out = args.out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", cfg.objective.name, timestamp())));
+    let out = args.out.unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!("{}-{}", cfg.objective.name, timestamp()))
+    });
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     // A second Ctrl-C exits at once (the last checkpoint stays valid: checkpoints are atomic).
@@ -74,11 +79,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
         eprintln!("\nCtrl-C: finishing the current step, then writing a checkpoint (Ctrl-C again to abandon it)");
     });
-    let opts = TrainOptions { out: out.clone(), resume: args.resume, mode: mode(args.quiet), interrupt: Some(flag) };
+    let opts = TrainOptions {
+        out: out.clone(),
+        resume: args.resume,
+        mode: mode(args.quiet),
+        interrupt: Some(flag),
+    };
     match crate::train::train(&cfg, &opts)? {
         Outcome::Finished(_) => Ok(()),
         Outcome::Stopped(step) => {
-            eprintln!("stopped after step {step}; resume with: luspo train --resume --out {}", out.display());
+            eprintln!(
+                "stopped after step {step}; resume with: luspo train --resume --out {}",
+                out.display()
+            );
             std::process::exit(130);
         }
     }
@@ -87,7 +100,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 /// Runs `luspo sft`.
 pub fn run_sft(args: SftArgs) -> anyhow::Result<()> {
     let cfg = RunConfig::load(args.config.as_deref(), &args.set)?;
-    let out = args.out.unwrap_or_else(|| PathBuf::from("runs").join(format!("sft-{}", timestamp())));
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("sft-{}", timestamp())));
     crate::train::sft::run(&cfg, &out, mode(args.quiet))?;
     Ok(())
 }

@@ -20,6 +20,16 @@ use std::str::FromStr;
 use num_bigint::BigInt;
 use num_rational::BigRational;
 use num_traits::Zero;
+use regex::Regex;
+
+/// A regex compiled once (the patterns are literals that compile; `None` would only disable that rule).
+macro_rules! cached_regex {
+    ($pat:expr) => {{
+        static RE: std::sync::LazyLock<Option<Regex>> =
+            std::sync::LazyLock::new(|| Regex::new($pat).ok());
+        RE.as_ref()
+    }};
+}
 
 /// Where an answer was found in a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -162,7 +172,7 @@ pub fn extract(text: &str, x: Extractor) -> Option<String> {
         }
         Extractor::Boxed => extract_boxed(text)?,
         Extractor::AnswerLine => {
-            let re = regex::Regex::new(r"(?i)answer\s*:[ \t]*([^\n]+)").ok()?;
+            let re = cached_regex!(r"(?i)answer\s*:[ \t]*([^\n]+)")?;
             re.captures_iter(text)
                 .last()?
                 .get(1)?
@@ -171,7 +181,7 @@ pub fn extract(text: &str, x: Extractor) -> Option<String> {
                 .to_string()
         }
         Extractor::Tag => {
-            let re = regex::Regex::new(r"(?s)<answer>(.*?)</answer>").ok()?;
+            let re = cached_regex!(r"(?s)<answer>(.*?)</answer>")?;
             re.captures_iter(text)
                 .last()?
                 .get(1)?
@@ -286,8 +296,7 @@ fn strip_wrappers(s: &str) -> String {
 
 /// Removes `\text{..}`-style units: unwraps the whole string if it is one, else deletes them.
 fn strip_text_units(s: &str) -> String {
-    // The pattern is a literal that compiles; a failure would only skip this step.
-    let Ok(re) = regex::Regex::new(r"\\(?:text|mathrm|mbox|textbf|textrm)\s*\{([^{}]*)\}") else {
+    let Some(re) = cached_regex!(r"\\(?:text|mathrm|mbox|textbf|textrm)\s*\{([^{}]*)\}") else {
         return s.to_string();
     };
     if let Some(c) = re.captures(s) {
@@ -313,7 +322,7 @@ pub fn parse_number(s: &str) -> Option<NumberForm> {
         s = s[i + 1..].trim().to_string();
     }
     // Trailing unit words: `18 dollars`, `5 ways`.
-    if let Ok(re) = regex::Regex::new(r"^([-+]?[0-9.,/{}\\a-z]*[0-9}])\s+[A-Za-z][A-Za-z ]*\.?$") {
+    if let Some(re) = cached_regex!(r"^([-+]?[0-9.,/{}\\a-z]*[0-9}])\s+[A-Za-z][A-Za-z ]*\.?$") {
         if let Some(c) = re.captures(&s) {
             s = c[1].to_string();
         }
@@ -393,7 +402,7 @@ fn frac_arg(s: &str) -> Option<(&str, &str)> {
 /// An unsigned integer or decimal (thousands separators only as `1,234,567.89`).
 fn parse_unsigned(s: &str) -> Option<(BigRational, bool)> {
     let s: String = if s.contains(',') {
-        let re = regex::Regex::new(r"^\d{1,3}(,\d{3})+(\.\d+)?$").ok()?;
+        let re = cached_regex!(r"^\d{1,3}(,\d{3})+(\.\d+)?$")?;
         if !re.is_match(s) {
             return None;
         }
@@ -452,10 +461,10 @@ pub fn strip_string(s: &str) -> String {
         }
     }
     // `\frac12` → `\frac{1}{2}`, `\sqrt3` → `\sqrt{3}`.
-    if let Ok(re) = regex::Regex::new(r"\\frac([0-9a-z])([0-9a-z])") {
+    if let Some(re) = cached_regex!(r"\\frac([0-9a-z])([0-9a-z])") {
         s = re.replace_all(&s, "\\frac{$1}{$2}").to_string();
     }
-    if let Ok(re) = regex::Regex::new(r"\\sqrt([0-9a-z])") {
+    if let Some(re) = cached_regex!(r"\\sqrt([0-9a-z])") {
         s = re.replace_all(&s, "\\sqrt{$1}").to_string();
     }
     s.trim_end_matches('.').to_string()

@@ -8,8 +8,8 @@
 use rand::Rng;
 
 use super::{
-    draw_in_split, draw_many, parse_g, style_mix_from, text_prompt, with_filler, Problem, Prompt,
-    Split, Task, TaskConfig, TaskRng,
+    draw_in_split, draw_many, filler_bound, parse_g, style_mix_from, text_prompt, with_filler,
+    Problem, Prompt, Split, Task, TaskConfig, TaskRng,
 };
 use crate::reward::Verifier;
 use crate::{input_err, Result};
@@ -231,6 +231,11 @@ impl Task for Addition {
             })
             .max()
             .unwrap_or(0);
-        (work as f64 * (1.0 + self.filler_prob)).ceil() as usize + 4 + self.d_max + 1
+        filler_bound(work, self.filler_prob) + 4 + self.d_max + 1
+    }
+    fn difficulty_of(&self, problem: &Problem) -> Option<usize> {
+        self.operands(problem)
+            .ok()
+            .and_then(|o| o.iter().map(|x| x.len()).max())
     }
 }

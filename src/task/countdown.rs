@@ -5,14 +5,15 @@
 //! `9-7=2,2*3=6x|9+7=16,16+3=19x|7*3=21,21+9=30!####7*3+9`; `direct` writes only `####7*3+9`.
 //! The gold answer is the puzzle `3,7,9>30`; [`Verifier::Countdown`] checks the expression.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
 
 use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::{
-    draw_in_split, draw_many, style_mix_from, text_prompt, with_filler, Problem, Prompt, Split,
-    Task, TaskConfig, TaskRng,
+    draw_in_split, draw_many, filler_bound, style_mix_from, text_prompt, with_filler, Problem,
+    Prompt, Split, Task, TaskConfig, TaskRng,
 };
 use crate::reward::verify::parse_countdown_gold;
 use crate::reward::Verifier;
@@ -175,9 +176,12 @@ pub struct Countdown {
     m: usize,
     t_min: i64,
     t_max: i64,
+    exactly_once: bool,
     eval_fraction: f64,
     filler_prob: f64,
     mix: Vec<(String, f64)>,
+    /// Reachable values per sorted multiset of numbers (at most C(13,5) = 1287 entries).
+    reach_cache: Mutex<HashMap<Vec<i64>, Vec<i64>>>,
 }
 
 fn parse_a(style: &str) -> Option<usize> {
@@ -210,18 +214,22 @@ impl Countdown {
             m: cfg.cd_numbers,
             t_min: cfg.cd_target_min,
             t_max: cfg.cd_target_max,
+            exactly_once: cfg.cd_exactly_once,
             eval_fraction: cfg.eval_fraction,
             filler_prob: cfg.filler_prob,
             mix,
+            reach_cache: Mutex::new(HashMap::new()),
         })
     }
 
     fn generate(&self, rng: &mut TaskRng) -> Problem {
         loop {
             let nums: Vec<i64> = (0..self.m).map(|_| rng.random_range(1..=9)).collect();
-            let mut all = BTreeSet::new();
-            reachable(&atoms(&nums), &mut all);
-            let targets: Vec<i64> = all.range(self.t_min..=self.t_max).copied().collect();
+            let targets: Vec<i64> = self
+                .reachable_sorted(&nums)
+                .into_iter()
+                .filter(|t| (self.t_min..=self.t_max).contains(t))
+                .collect();
             if targets.is_empty() {
                 continue;
             }
@@ -238,6 +246,27 @@ impl Countdown {
                 answer: format!("{list}>{t}"),
             };
         }
+    }
+
+    /// Every value reachable from `nums` (each used once), sorted; cached per multiset.
+    fn reachable_sorted(&self, nums: &[i64]) -> Vec<i64> {
+        let mut key = nums.to_vec();
+        key.sort_unstable();
+        if let Some(v) = self
+            .reach_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).cloned())
+        {
+            return v;
+        }
+        let mut all = BTreeSet::new();
+        reachable(&atoms(&key), &mut all);
+        let v: Vec<i64> = all.into_iter().collect();
+        if let Ok(mut c) = self.reach_cache.lock() {
+            c.insert(key, v.clone());
+        }
+        v
     }
 
     fn puzzle(&self, p: &Problem) -> Result<(Vec<i64>, i64)> {
@@ -306,10 +335,16 @@ impl Task for Countdown {
         } else {
             let k =
                 parse_a(style).ok_or_else(|| input_err!("countdown: unknown style `{style}`"))?;
-            let mut attempts = Vec::new();
-            for _ in 0..k {
+            // k distinct failed attempts where the puzzle has that many (a few retries against repeats).
+            let mut attempts: Vec<String> = Vec::new();
+            let mut tries = 0;
+            while attempts.len() < k && tries < 8 * (k + 1) {
+                tries += 1;
                 if let Some(f) = self.failed_attempt(&nums, target, rng) {
-                    attempts.push(format!("{}x", render(&f)));
+                    let a = format!("{}x", render(&f));
+                    if !attempts.contains(&a) || tries >= 4 * (k + 1) {
+                        attempts.push(a);
+                    }
                 }
             }
             attempts.push(format!("{}!", render(&steps)));
@@ -329,7 +364,9 @@ impl Task for Countdown {
         Some(format!("a{}", body.matches('|').count()))
     }
     fn verifier(&self) -> Verifier {
-        Verifier::Countdown { exactly_once: true }
+        Verifier::Countdown {
+            exactly_once: self.exactly_once,
+        }
     }
     fn alphabet(&self) -> Option<String> {
         Some("0123456789C,>:+-*/()=x!|#.".into())
@@ -342,6 +379,9 @@ impl Task for Countdown {
             Some(k) => (k + 1) * (step * (self.m - 1) + 1) + k,
             None => 0,
         };
-        (work as f64 * (1.0 + self.filler_prob)).ceil() as usize + 4 + 4 * self.m
+        filler_bound(work, self.filler_prob) + 4 + 4 * self.m
+    }
+    fn difficulty_of(&self, problem: &Problem) -> Option<usize> {
+        self.puzzle(problem).ok().map(|(n, _)| n.len())
     }
 }

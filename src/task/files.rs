@@ -1,4 +1,5 @@
-//! Datasets from files: JSONL and Parquet (verl's RL schema), mapped onto [`Problem`]s.
+//! Datasets from files: JSONL and Parquet (verl's RL schema), mapped onto [`Problem`]s. `task.name` picks the
+//! format (`jsonl` or `parquet`) for both `path` and `eval_path`, whatever the file extensions.
 //!
 //! Accepted rows (keys configurable with `prompt_key`, `answer_key`, `id_key`; dotted paths reach nested
 //! fields):
@@ -31,11 +32,12 @@ pub struct FileTask {
     verifier: Verifier,
 }
 
-/// Reads every row of a `.jsonl` or `.parquet` file as JSON values, with a location label per row.
-pub fn read_rows(path: &str) -> Result<Vec<(String, Value)>> {
+/// Reads every row of a JSON-lines (`parquet = false`) or Parquet file as JSON values, with a location label
+/// per row (`file:line`, 1-based, or `file: row i`, 0-based).
+pub fn read_rows(path: &str, parquet: bool) -> Result<Vec<(String, Value)>> {
     let p = Path::new(path);
     let file = std::fs::File::open(p).map_err(|e| input_err!("{path}: cannot open: {e}"))?;
-    if path.ends_with(".parquet") {
+    if parquet {
         let reader = SerializedFileReader::new(file)
             .map_err(|e| input_err!("{path}: not a readable parquet file: {e}"))?;
         let iter = reader
@@ -239,7 +241,7 @@ pub fn row_to_problem(cfg: &TaskConfig, loc: &str, v: &Value) -> Result<Problem>
 }
 
 fn load_file(cfg: &TaskConfig, path: &str) -> Result<Vec<Problem>> {
-    read_rows(path)?
+    read_rows(path, cfg.name == "parquet")?
         .iter()
         .map(|(loc, v)| row_to_problem(cfg, loc, v))
         .collect()

@@ -16,7 +16,7 @@
 //! - `jsonl` / `parquet`: files (see [`files`]); the math verifier.
 //!
 //! Train/eval disjointness for procedural families: a problem belongs to the eval split iff a fixed 64-bit hash
-//! (FNV-1a) of its id falls below `eval_fraction`; generators draw until the problem lands in the asked split,
+//! (FNV-1a + fmix64) of its id falls below `eval_fraction`; generators draw until the problem lands in the asked split,
 //! so the same problem never appears in both splits, whatever the seeds.
 
 mod addition;
@@ -96,7 +96,7 @@ pub enum Split {
 pub struct TaskConfig {
     /// Family or reader: `parity`, `addition`, `countdown`, `wordproblem`, `jsonl`, `parquet`. Default `parity`.
     pub name: String,
-    /// Share of the procedural problem space held out for evaluation (by hash of the problem), or of a file's rows
+    /// Share of the procedural problem space held out for evaluation (by hash of the problem id), or of a file's rows
     /// when no `eval_path` is given. Default 0.1.
     pub eval_fraction: f64,
     /// Number of eval problems `train` draws for its fixed eval set. Default 200.
@@ -127,11 +127,13 @@ pub struct TaskConfig {
     pub cd_target_min: i64,
     /// CD: largest target. Default 50.
     pub cd_target_max: i64,
+    /// CD: the answer must use every number exactly once (else at most once). Default true.
+    pub cd_exactly_once: bool,
     /// Word problems: largest quantity in a problem. Default 50.
     pub wp_max_value: u32,
     /// Word problems: how the answer must be given, `hash` (`#### N`) or `boxed` (`\boxed{N}`). Default `hash`.
     pub wp_answer_format: String,
-    /// Files: the train file (`.jsonl` or `.parquet`). Default empty.
+    /// Files: the train file (format from `name`: `jsonl` or `parquet`). Default empty.
     pub path: String,
     /// Files: a separate eval file; when set, all of `path` is train and all of `eval_path` is eval. Default empty.
     pub eval_path: String,
@@ -171,6 +173,7 @@ impl Default for TaskConfig {
             cd_numbers: 3,
             cd_target_min: 10,
             cd_target_max: 50,
+            cd_exactly_once: true,
             wp_max_value: 50,
             wp_answer_format: "hash".into(),
             path: String::new(),
@@ -209,8 +212,14 @@ pub trait Task: Send + Sync {
     fn verifier(&self) -> Verifier;
     /// Every character prompts and responses can contain (for a char-level tokenizer); `None` for text tasks.
     fn alphabet(&self) -> Option<String>;
-    /// A response length (characters for char-level tasks, tokens roughly for text tasks) that no demo exceeds.
+    /// A response length (characters for char-level tasks, tokens roughly for text tasks) that demos do not
+    /// exceed (with filler: a 4-sigma bound on the inserted `.`, so exceeded by well under 1 demo in 10^4).
     fn max_response_len_hint(&self) -> usize;
+    /// The difficulty of a problem for per-difficulty accuracy (PAR: digits, ADD: digits of the longest operand,
+    /// CD: how many numbers, word problems: steps); `None` where the task has no such notion.
+    fn difficulty_of(&self, _problem: &Problem) -> Option<usize> {
+        None
+    }
     /// The style sampler of the SFT mix: (style, weight) pairs with weights summing to 1.
     fn style_mix(&self) -> Vec<(String, f64)>;
     /// A demo in a style drawn from `style_mix`: returns (style, text).
@@ -263,14 +272,20 @@ pub fn build(cfg: &TaskConfig) -> Result<Box<dyn Task>> {
     }
 }
 
-/// FNV-1a 64-bit hash (fixed across platforms and versions; used for split membership).
+/// FNV-1a 64-bit hash with a murmur3 `fmix64` finaliser (fixed across platforms and versions; used for split
+/// membership). The finaliser matters: plain FNV-1a barely moves its top bits for ids that differ in the last
+/// character (`100`..`104` all land within 1e-6 of each other).
 pub fn stable_hash(s: &str) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in s.as_bytes() {
         h ^= *b as u64;
         h = h.wrapping_mul(0x100000001b3);
     }
-    h
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51afd7ed558ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ceb9fe1a85ec53);
+    h ^ (h >> 33)
 }
 
 /// The split a problem id belongs to when `eval_fraction` of the space is held out.
@@ -383,6 +398,16 @@ pub(crate) fn with_filler(work: &str, answer: &str, p: f64, rng: &mut TaskRng) -
     out.push_str("####");
     out.push_str(answer);
     out
+}
+
+/// Length bound of `work` characters after filler insertion with probability `p` (mean + 4 sd, at most 2×).
+pub(crate) fn filler_bound(work: usize, p: f64) -> usize {
+    if p <= 0.0 || work == 0 {
+        return work;
+    }
+    let w = work as f64;
+    let b = w * (1.0 + p) + 4.0 * (w * p * (1.0 - p)).sqrt() + 1.0;
+    (b.ceil() as usize).min(2 * work)
 }
 
 /// Parses a `g<k>` style name (k ≥ 1).

@@ -7,8 +7,8 @@
 use rand::Rng;
 
 use super::{
-    draw_in_split, draw_many, parse_g, style_mix_from, text_prompt, with_filler, Problem, Prompt,
-    Split, Task, TaskConfig, TaskRng,
+    draw_in_split, draw_many, filler_bound, parse_g, style_mix_from, text_prompt, with_filler,
+    Problem, Prompt, Split, Task, TaskConfig, TaskRng,
 };
 use crate::reward::Verifier;
 use crate::{input_err, Result};
@@ -157,7 +157,9 @@ impl Task for Parity {
             })
             .max()
             .unwrap_or(0);
-        let work = (longest as f64 * (1.0 + self.filler_prob)).ceil() as usize;
-        work + 4 + 1
+        filler_bound(longest, self.filler_prob) + 4 + 1
+    }
+    fn difficulty_of(&self, problem: &Problem) -> Option<usize> {
+        self.digits(problem).ok().map(|d| d.len())
     }
 }

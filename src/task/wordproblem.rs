@@ -223,4 +223,14 @@ impl Task for WordProblem {
     fn max_response_len_hint(&self) -> usize {
         128
     }
+    fn difficulty_of(&self, problem: &Problem) -> Option<usize> {
+        let t: usize = problem
+            .id
+            .strip_prefix("wp")?
+            .split('-')
+            .next()?
+            .parse()
+            .ok()?;
+        Some(if t >= 4 { 2 } else { 1 })
+    }
 }

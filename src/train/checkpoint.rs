@@ -52,7 +52,12 @@ pub fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
 pub fn weights_finite(varmap: &VarMap) -> Result<bool> {
     let vars = varmap.all_vars();
     for v in vars {
-        let s = v.as_tensor().to_dtype(DType::F64)?.abs()?.sum_all()?.to_scalar::<f64>()?;
+        let s = v
+            .as_tensor()
+            .to_dtype(DType::F64)?
+            .abs()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
         if !s.is_finite() {
             return Ok(false);
         }
@@ -61,27 +66,45 @@ pub fn weights_finite(varmap: &VarMap) -> Result<bool> {
 }
 
 /// Writes a checkpoint atomically, then deletes all but the newest `keep`. Refuses non-finite weights.
-pub fn save(run_dir: &Path, varmap: &VarMap, opt: &AdamW, state: &TrainState, keep: usize) -> Result<PathBuf> {
+pub fn save(
+    run_dir: &Path,
+    varmap: &VarMap,
+    opt: &AdamW,
+    state: &TrainState,
+    keep: usize,
+) -> Result<PathBuf> {
     if !weights_finite(varmap)? {
-        return Err(input_err!("refusing to checkpoint step {}: the weights contain NaN or inf", state.step));
+        return Err(input_err!(
+            "refusing to checkpoint step {}: the weights contain NaN or inf",
+            state.step
+        ));
     }
     let root = run_dir.join("checkpoints");
     std::fs::create_dir_all(&root).map_err(|e| io_err(&root, e))?;
     let final_dir = step_dir(run_dir, state.step);
-    let tmp = root.join(format!(".tmp-step-{:06}-{}", state.step, std::process::id()));
+    let tmp = root.join(format!(
+        ".tmp-step-{:06}-{}",
+        state.step,
+        std::process::id()
+    ));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
     }
     let res = (|| -> Result<()> {
         std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
         let model = tmp.join("model.safetensors");
-        varmap.save(&model).map_err(|e| input_err!("{}: {e}", model.display()))?;
+        varmap
+            .save(&model)
+            .map_err(|e| input_err!("{}: {e}", model.display()))?;
         let optp = tmp.join("optimizer.safetensors");
-        opt.save(&optp).map_err(|e| input_err!("{}: {e}", optp.display()))?;
+        opt.save(&optp)
+            .map_err(|e| input_err!("{}: {e}", optp.display()))?;
         write_json(&tmp.join("state.json"), state)?;
         for f in ["model.safetensors", "optimizer.safetensors"] {
             let p = tmp.join(f);
-            std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| io_err(&p, e))?;
+            std::fs::File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io_err(&p, e))?;
         }
         sync_dir(&tmp);
         if final_dir.exists() {
@@ -111,7 +134,10 @@ pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for entry in rd {
         let entry = entry.map_err(|e| io_err(&root, e))?;
         let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(n) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             if entry.path().join("state.json").exists() {
                 out.push((n, entry.path()));
             }
@@ -143,7 +169,9 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
 pub fn load(dir: &Path, varmap: &mut VarMap, opt: &mut AdamW) -> Result<TrainState> {
     let state = read_state(dir)?;
     let model = dir.join("model.safetensors");
-    varmap.load(&model).map_err(|e| input_err!("{}: {e}", model.display()))?;
+    varmap
+        .load(&model)
+        .map_err(|e| input_err!("{}: {e}", model.display()))?;
     opt.load(&dir.join("optimizer.safetensors"))?;
     Ok(state)
 }
@@ -155,7 +183,10 @@ pub fn latest(run_dir: &Path) -> Result<Option<(u64, PathBuf)>> {
 
 /// Copies every weight of `varmap` (detached), by name.
 pub fn snapshot(varmap: &VarMap) -> Result<std::collections::HashMap<String, Tensor>> {
-    let data = varmap.data().lock().map_err(|_| input_err!("variable map lock poisoned"))?;
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| input_err!("variable map lock poisoned"))?;
     let mut out = std::collections::HashMap::new();
     for (k, v) in data.iter() {
         out.insert(k.clone(), v.as_tensor().detach().copy()?);

@@ -123,7 +123,11 @@ pub struct AdvantageConfig {
 impl AdvantageConfig {
     /// The estimator to use with objective preset `objective`.
     pub fn resolve(&self, objective: &str) -> Estimator {
-        self.estimator.unwrap_or(if objective == "dr_grpo" { Estimator::DrGrpo } else { Estimator::Grpo })
+        self.estimator.unwrap_or(if objective == "dr_grpo" {
+            Estimator::DrGrpo
+        } else {
+            Estimator::Grpo
+        })
     }
 }
 
@@ -325,7 +329,13 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { every: 10, seed: 0, temperature: 0.0, max_new_tokens: 0, batch_size: 100 }
+        Self {
+            every: 10,
+            seed: 0,
+            temperature: 0.0,
+            max_new_tokens: 0,
+            batch_size: 100,
+        }
     }
 }
 
@@ -343,7 +353,11 @@ pub struct CheckpointConfig {
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        Self { every: 1, keep: 1, save_final: true }
+        Self {
+            every: 1,
+            keep: 1,
+            save_final: true,
+        }
     }
 }
 
@@ -353,7 +367,8 @@ impl RunConfig {
         let mut table = parse_table(DEFAULT_TOML, "configs/default.toml (embedded)")?;
         check_table(&table, "configs/default.toml (embedded)")?;
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| input_err!("{}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| input_err!("{}: {e}", path.display()))?;
             let origin = path.display().to_string();
             let user = parse_table(&text, &origin)?;
             merge(&mut table, user);
@@ -367,7 +382,8 @@ impl RunConfig {
 
     /// Loads a run's resolved `config.toml` (struct defaults under it, not the embedded default), then `--set`s.
     pub fn load_run(path: &Path, sets: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| input_err!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| input_err!("{}: {e}", path.display()))?;
         let origin = path.display().to_string();
         let mut table = parse_table(&text, &origin)?;
         check_table(&table, &origin)?;
@@ -387,7 +403,8 @@ impl RunConfig {
 
     /// The resolved configuration as TOML (what a run writes to `config.toml`).
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string_pretty(self).map_err(|e| input_err!("cannot write the configuration as TOML: {e}"))
+        toml::to_string_pretty(self)
+            .map_err(|e| input_err!("cannot write the configuration as TOML: {e}"))
     }
 
     /// Checks value ranges; errors name the key.
@@ -396,28 +413,76 @@ impl RunConfig {
         let t = &self.train;
         let o = &self.optim;
         let checks: &[(bool, &str, &str)] = &[
-            (r.prompts_per_step >= 1, "rollout.prompts_per_step", "must be ≥ 1"),
+            (
+                r.prompts_per_step >= 1,
+                "rollout.prompts_per_step",
+                "must be ≥ 1",
+            ),
             (r.group_size >= 1, "rollout.group_size", "must be ≥ 1"),
-            (r.temperature >= 0.0 && r.temperature.is_finite(), "rollout.temperature", "must be ≥ 0"),
-            (r.top_p > 0.0 && r.top_p <= 1.0, "rollout.top_p", "must be in (0, 1]"),
-            (r.max_new_tokens >= 1, "rollout.max_new_tokens", "must be ≥ 1"),
-            (r.max_sampling_rounds >= 1, "rollout.max_sampling_rounds", "must be ≥ 1"),
+            (
+                r.temperature >= 0.0 && r.temperature.is_finite(),
+                "rollout.temperature",
+                "must be ≥ 0",
+            ),
+            (
+                r.top_p > 0.0 && r.top_p <= 1.0,
+                "rollout.top_p",
+                "must be in (0, 1]",
+            ),
+            (
+                r.max_new_tokens >= 1,
+                "rollout.max_new_tokens",
+                "must be ≥ 1",
+            ),
+            (
+                r.max_sampling_rounds >= 1,
+                "rollout.max_sampling_rounds",
+                "must be ≥ 1",
+            ),
             (t.ppo_epochs >= 1, "train.ppo_epochs", "must be ≥ 1"),
             (o.lr > 0.0 && o.lr.is_finite(), "optim.lr", "must be > 0"),
-            ((0.0..1.0).contains(&o.beta1), "optim.beta1", "must be in [0, 1)"),
-            ((0.0..1.0).contains(&o.beta2), "optim.beta2", "must be in [0, 1)"),
+            (
+                (0.0..1.0).contains(&o.beta1),
+                "optim.beta1",
+                "must be in [0, 1)",
+            ),
+            (
+                (0.0..1.0).contains(&o.beta2),
+                "optim.beta2",
+                "must be in [0, 1)",
+            ),
             (o.eps > 0.0, "optim.eps", "must be > 0"),
             (o.weight_decay >= 0.0, "optim.weight_decay", "must be ≥ 0"),
-            (o.grad_clip >= 0.0, "optim.grad_clip", "must be ≥ 0 (0 = off)"),
-            ((0.0..=1.0).contains(&o.min_lr_ratio), "optim.min_lr_ratio", "must be in [0, 1]"),
+            (
+                o.grad_clip >= 0.0,
+                "optim.grad_clip",
+                "must be ≥ 0 (0 = off)",
+            ),
+            (
+                (0.0..=1.0).contains(&o.min_lr_ratio),
+                "optim.min_lr_ratio",
+                "must be in [0, 1]",
+            ),
             (self.sft.batch_size >= 1, "sft.batch_size", "must be ≥ 1"),
             (self.sft.lr > 0.0, "sft.lr", "must be > 0"),
-            (self.sft.grad_clip >= 0.0, "sft.grad_clip", "must be ≥ 0 (0 = off)"),
-            (self.eval.temperature >= 0.0, "eval.temperature", "must be ≥ 0"),
+            (
+                self.sft.grad_clip >= 0.0,
+                "sft.grad_clip",
+                "must be ≥ 0 (0 = off)",
+            ),
+            (
+                self.eval.temperature >= 0.0,
+                "eval.temperature",
+                "must be ≥ 0",
+            ),
             (self.eval.batch_size >= 1, "eval.batch_size", "must be ≥ 1"),
             (self.checkpoint.keep >= 1, "checkpoint.keep", "must be ≥ 1"),
             (self.model.layers >= 1, "model.layers", "must be ≥ 1"),
-            (self.model.heads >= 1 && self.model.hidden % self.model.heads == 0, "model.heads", "must divide model.hidden"),
+            (
+                self.model.heads >= 1 && self.model.hidden % self.model.heads == 0,
+                "model.heads",
+                "must divide model.hidden",
+            ),
             (
                 self.model.kv_heads == 0 || self.model.heads % self.model.kv_heads == 0,
                 "model.kv_heads",
@@ -439,8 +504,13 @@ impl RunConfig {
                 r.group_size
             ));
         }
-        if !matches!(self.model.device.as_str(), "cpu" | "cuda") && !self.model.device.starts_with("cuda:") {
-            return Err(input_err!("model.device: expected cpu, cuda or cuda:N, got {:?}", self.model.device));
+        if !matches!(self.model.device.as_str(), "cpu" | "cuda")
+            && !self.model.device.starts_with("cuda:")
+        {
+            return Err(input_err!(
+                "model.device: expected cpu, cuda or cuda:N, got {:?}",
+                self.model.device
+            ));
         }
         Ok(())
     }
@@ -470,7 +540,11 @@ impl RunConfig {
 fn parse_table(text: &str, origin: &str) -> Result<toml::Table> {
     text.parse::<toml::Table>().map_err(|e| {
         let msg = e.to_string();
-        let first = msg.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" ");
+        let first = msg
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
         input_err!("{origin}: {}", first.replace("TOML parse error ", ""))
     })
 }
@@ -491,7 +565,9 @@ pub fn merge(base: &mut toml::Table, over: toml::Table) {
 pub fn apply_sets(table: &mut toml::Table, sets: &[String]) -> Result<()> {
     for set in sets {
         let origin = format!("--set {set}");
-        let (key, raw) = set.split_once('=').ok_or_else(|| input_err!("{origin}: expected section.key=value"))?;
+        let (key, raw) = set
+            .split_once('=')
+            .ok_or_else(|| input_err!("{origin}: expected section.key=value"))?;
         let key = key.trim();
         if key.is_empty() || key.split('.').any(|p| p.trim().is_empty()) {
             return Err(input_err!("{origin}: bad key {key:?}"));
@@ -507,7 +583,9 @@ pub fn apply_sets(table: &mut toml::Table, sets: &[String]) -> Result<()> {
 
 fn parse_value(raw: &str) -> toml::Value {
     match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
 }
@@ -517,7 +595,9 @@ fn insert_path(table: &mut toml::Table, path: &str, value: toml::Value) {
     let last = parts.pop().unwrap_or_default();
     let mut cur = table;
     for p in parts {
-        let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if !entry.is_table() {
             *entry = toml::Value::Table(toml::Table::new());
         }
@@ -536,7 +616,9 @@ fn check_table(table: &toml::Table, origin: &str) -> Result<()> {
 }
 
 fn try_from_table(table: &toml::Table) -> std::result::Result<RunConfig, String> {
-    let cfg: RunConfig = toml::Value::Table(table.clone()).try_into().map_err(|e: toml::de::Error| e.message().to_string())?;
+    let cfg: RunConfig = toml::Value::Table(table.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().to_string())?;
     check_foreign(&cfg)?;
     Ok(cfg)
 }
@@ -548,7 +630,11 @@ fn check_foreign(cfg: &RunConfig) -> std::result::Result<(), String> {
 
 fn leaves(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
     for (k, v) in table {
-        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match v {
             toml::Value::Table(t) if !t.is_empty() => leaves(t, &path, out),
             _ => out.push(path),
@@ -602,7 +688,11 @@ fn from_table(table: &toml::Table, origin: &str) -> Result<RunConfig> {
 }
 
 fn one_line(msg: &str) -> String {
-    msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn describe(origin: &str, path: &str, err: &str) -> Error {

@@ -23,7 +23,10 @@ impl EvalSet {
     /// Draws `task.eval_size` held-out problems with `eval.seed` and encodes them.
     pub fn new(cfg: &RunConfig, task: &dyn Task, policy: &Policy, n: usize) -> Result<Self> {
         let problems = task.problems(Split::Eval, n, cfg.eval.seed)?;
-        let prompts = problems.iter().map(|p| policy.encode_prompt(&p.prompt)).collect::<Result<Vec<_>>>()?;
+        let prompts = problems
+            .iter()
+            .map(|p| policy.encode_prompt(&p.prompt))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self { problems, prompts })
     }
 }
@@ -32,9 +35,21 @@ impl EvalSet {
 pub fn eval_params(cfg: &RunConfig, eos: Vec<u32>) -> SamplingParams {
     SamplingParams {
         temperature: cfg.eval.temperature,
-        top_p: if cfg.eval.temperature > 0.0 { cfg.rollout.top_p } else { 1.0 },
-        top_k: if cfg.eval.temperature > 0.0 { cfg.rollout.top_k } else { 0 },
-        max_new_tokens: if cfg.eval.max_new_tokens == 0 { cfg.rollout.max_new_tokens } else { cfg.eval.max_new_tokens },
+        top_p: if cfg.eval.temperature > 0.0 {
+            cfg.rollout.top_p
+        } else {
+            1.0
+        },
+        top_k: if cfg.eval.temperature > 0.0 {
+            cfg.rollout.top_k
+        } else {
+            0
+        },
+        max_new_tokens: if cfg.eval.max_new_tokens == 0 {
+            cfg.rollout.max_new_tokens
+        } else {
+            cfg.eval.max_new_tokens
+        },
         eos_token_ids: eos,
         stop: cfg.rollout.stop.clone(),
     }
@@ -51,14 +66,28 @@ pub fn evaluate(
 ) -> Result<EvalRecord> {
     let params = eval_params(cfg, policy.eos_ids());
     let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, &format!("eval-{step}")));
-    let outs = policy.generate(policy.model(), &set.prompts, &params, cfg.eval.batch_size, &mut rng)?;
+    let outs = policy.generate(
+        policy.model(),
+        &set.prompts,
+        &params,
+        cfg.eval.batch_size,
+        &mut rng,
+    )?;
     let verifier = task.verifier();
     let mut correct = 0usize;
-    let (mut len_sum, mut len_c, mut len_i, mut n_c, mut trunc) = (0f64, 0f64, 0f64, 0usize, 0usize);
+    let (mut len_sum, mut len_c, mut len_i, mut n_c, mut trunc) =
+        (0f64, 0f64, 0f64, 0usize, 0usize);
     for (p, c) in set.problems.iter().zip(&outs) {
         let text = policy.decode(&c.ids)?;
         let truncated = !c.finished;
-        let r = reward::score(reward_cfg, &verifier, &text, &p.answer, c.ids.len(), truncated);
+        let r = reward::score(
+            reward_cfg,
+            &verifier,
+            &text,
+            &p.answer,
+            c.ids.len(),
+            truncated,
+        );
         let len = c.ids.len() as f64;
         len_sum += len;
         if truncated {

@@ -14,8 +14,14 @@ pub fn io_err(path: &Path, e: std::io::Error) -> Error {
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, then rename.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let res = (|| -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
@@ -58,15 +64,25 @@ impl JsonlLog {
     /// Fails if the file holds fewer complete lines than `keep_lines`.
     pub fn open_truncated(path: &Path, keep_lines: u64) -> Result<Self> {
         truncate_lines(path, keep_lines)?;
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| io_err(path, e))?;
-        Ok(Self { path: path.to_path_buf(), file, lines: keep_lines })
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| io_err(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            lines: keep_lines,
+        })
     }
 
     /// Appends one record as one line.
     pub fn append<T: Serialize>(&mut self, record: &T) -> Result<()> {
         let mut line = serde_json::to_string(record)?;
         line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(|e| io_err(&self.path, e))?;
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| io_err(&self.path, e))?;
         self.lines += 1;
         Ok(())
     }
@@ -91,7 +107,10 @@ pub fn truncate_lines(path: &Path, n: u64) -> Result<()> {
             if n == 0 {
                 return Ok(());
             }
-            return Err(input_err!("{}: missing, but the checkpoint expects {n} lines", path.display()));
+            return Err(input_err!(
+                "{}: missing, but the checkpoint expects {n} lines",
+                path.display()
+            ));
         }
         Err(e) => return Err(io_err(path, e)),
     };
@@ -117,7 +136,10 @@ pub fn truncate_lines(path: &Path, n: u64) -> Result<()> {
         }
     }
     if cut < data.len() {
-        let f = OpenOptions::new().write(true).open(path).map_err(|e| io_err(path, e))?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| io_err(path, e))?;
         f.set_len(cut as u64).map_err(|e| io_err(path, e))?;
         f.sync_all().map_err(|e| io_err(path, e))?;
     }
@@ -130,7 +152,9 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>>
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| input_err!("{}:{}: {e}", path.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| input_err!("{}:{}: {e}", path.display(), i + 1))
+        })
         .collect()
 }
 
@@ -151,7 +175,12 @@ pub fn timestamp() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, (rem % 3600) / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }
 
 /// 64-bit FNV-1a hash (stable across platforms and Rust versions; used for cache keys and seed derivation).

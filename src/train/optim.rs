@@ -23,7 +23,12 @@ pub struct AdamWParams {
 
 impl From<&OptimConfig> for AdamWParams {
     fn from(c: &OptimConfig) -> Self {
-        Self { beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay }
+        Self {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+        }
     }
 }
 
@@ -56,7 +61,10 @@ impl AdamW {
     /// Optimises every variable of `varmap` (sorted by name, so the order is deterministic).
     pub fn new(varmap: &VarMap, params: AdamWParams) -> Result<Self> {
         let mut named: Vec<(String, Var)> = {
-            let data = varmap.data().lock().map_err(|_| input_err!("variable map lock poisoned"))?;
+            let data = varmap
+                .data()
+                .lock()
+                .map_err(|_| input_err!("variable map lock poisoned"))?;
             data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
         };
         named.sort_by(|a, b| a.0.cmp(&b.0));
@@ -75,7 +83,14 @@ impl AdamW {
             names.push(n);
             vars.push(var);
         }
-        Ok(Self { names, vars, m, v, t: 0, params })
+        Ok(Self {
+            names,
+            vars,
+            m,
+            v,
+            t: 0,
+            params,
+        })
     }
 
     /// Parameter names in optimizer order.
@@ -90,14 +105,23 @@ impl AdamW {
 
     /// Picks this optimizer's gradients out of a `GradStore` (detached).
     pub fn grads_from(&self, store: &GradStore) -> Grads {
-        Grads(self.vars.iter().map(|v| store.get(v.as_tensor()).map(|g| g.detach())).collect())
+        Grads(
+            self.vars
+                .iter()
+                .map(|v| store.get(v.as_tensor()).map(|g| g.detach()))
+                .collect(),
+        )
     }
 
     /// Global L2 norm of `grads` (f64 accumulation).
     pub fn grad_norm(grads: &Grads) -> Result<f64> {
         let mut sq = 0f64;
         for g in grads.0.iter().flatten() {
-            sq += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            sq += g
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?;
         }
         Ok(sq.sqrt())
     }
@@ -107,9 +131,16 @@ impl AdamW {
     pub fn step(&mut self, grads: &Grads, lr: f64, clip: f64) -> Result<StepOutcome> {
         let norm = Self::grad_norm(grads)?;
         if !norm.is_finite() {
-            return Ok(StepOutcome { grad_norm: norm, skipped: true });
+            return Ok(StepOutcome {
+                grad_norm: norm,
+                skipped: true,
+            });
         }
-        let scale = if clip > 0.0 && norm > clip { clip / (norm + 1e-6) } else { 1.0 };
+        let scale = if clip > 0.0 && norm > clip {
+            clip / (norm + 1e-6)
+        } else {
+            1.0
+        };
         self.t += 1;
         let p = self.params;
         let bc1 = 1.0 - p.beta1.powi(self.t as i32);
@@ -117,19 +148,31 @@ impl AdamW {
         for i in 0..self.vars.len() {
             let Some(g) = &grads.0[i] else { continue };
             let dtype = self.vars[i].dtype();
-            let g = if scale != 1.0 { (g * scale)? } else { g.clone() }.to_dtype(dtype)?;
+            let g = if scale != 1.0 {
+                (g * scale)?
+            } else {
+                g.clone()
+            }
+            .to_dtype(dtype)?;
             let m = ((&self.m[i] * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
             let v = ((&self.v[i] * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let denom = ((&v / bc2)?.sqrt()? + p.eps)?;
             let upd = ((&m / bc1)? / denom)?;
             let w = self.vars[i].as_tensor();
-            let decayed = if p.weight_decay != 0.0 { (w * (1.0 - lr * p.weight_decay))? } else { w.clone() };
+            let decayed = if p.weight_decay != 0.0 {
+                (w * (1.0 - lr * p.weight_decay))?
+            } else {
+                w.clone()
+            };
             let new = (decayed - (upd * lr)?)?;
             self.vars[i].set(&new)?;
             self.m[i] = m;
             self.v[i] = v;
         }
-        Ok(StepOutcome { grad_norm: norm, skipped: false })
+        Ok(StepOutcome {
+            grad_norm: norm,
+            skipped: false,
+        })
     }
 
     /// Writes the moments (`m.<name>`, `v.<name>`) and `t` to a safetensors file.
@@ -139,21 +182,34 @@ impl AdamW {
             map.insert(format!("m.{n}"), self.m[i].clone());
             map.insert(format!("v.{n}"), self.v[i].clone());
         }
-        map.insert("t".into(), Tensor::new(&[self.t as f64], &candle_core::Device::Cpu)?);
+        map.insert(
+            "t".into(),
+            Tensor::new(&[self.t as f64], &candle_core::Device::Cpu)?,
+        );
         candle_core::safetensors::save(&map, path)?;
         Ok(())
     }
 
     /// Restores what `save` wrote; every parameter must be present with its shape.
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let dev = self.vars.first().map(|v| v.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        let dev = self
+            .vars
+            .first()
+            .map(|v| v.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
         let map = candle_core::safetensors::load(path, &dev)?;
-        let get = |k: &str| map.get(k).ok_or_else(|| input_err!("{}: missing tensor {k}", path.display()));
+        let get = |k: &str| {
+            map.get(k)
+                .ok_or_else(|| input_err!("{}: missing tensor {k}", path.display()))
+        };
         for (i, n) in self.names.iter().enumerate() {
             let m = get(&format!("m.{n}"))?;
             let v = get(&format!("v.{n}"))?;
             if m.shape() != self.vars[i].shape() || v.shape() != self.vars[i].shape() {
-                return Err(input_err!("{}: optimizer state for {n} has the wrong shape", path.display()));
+                return Err(input_err!(
+                    "{}: optimizer state for {n} has the wrong shape",
+                    path.display()
+                ));
             }
             self.m[i] = m.to_dtype(self.vars[i].dtype())?;
             self.v[i] = v.to_dtype(self.vars[i].dtype())?;
@@ -185,11 +241,25 @@ impl Grads {
 /// The learning rate for unit index `k` (0-based: the k-th optimizer step or RL step, per `warmup_unit`),
 /// with `total` units in the run (used by the cosine schedule).
 pub fn lr_at(cfg: &OptimConfig, k: u64, total: u64) -> f64 {
-    schedule(cfg.lr, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio, k, total)
+    schedule(
+        cfg.lr,
+        cfg.warmup_steps,
+        cfg.schedule,
+        cfg.min_lr_ratio,
+        k,
+        total,
+    )
 }
 
 /// Linear warm-up `base·(k+1)/warmup` for `k < warmup`, then constant or cosine decay to `base·min_ratio` at `total−1`.
-pub fn schedule(base: f64, warmup: u64, shape: Schedule, min_ratio: f64, k: u64, total: u64) -> f64 {
+pub fn schedule(
+    base: f64,
+    warmup: u64,
+    shape: Schedule,
+    min_ratio: f64,
+    k: u64,
+    total: u64,
+) -> f64 {
     if k < warmup {
         return base * (k + 1) as f64 / warmup as f64;
     }

@@ -34,7 +34,9 @@ pub fn device(spec: &str) -> Result<Device> {
             let n = s
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| input_err!("model.device: expected cpu, cuda or cuda:N, got {s:?}"))?;
+                .ok_or_else(|| {
+                    input_err!("model.device: expected cpu, cuda or cuda:N, got {s:?}")
+                })?;
             Device::new_cuda(n).map_err(|e| input_err!("model.device = {s}: {e}"))
         }
     }
@@ -42,7 +44,11 @@ pub fn device(spec: &str) -> Result<Device> {
 
 /// The HF config of the tiny model for a vocabulary of `vocab` tokens.
 pub fn tiny_config(m: &ModelConfig, vocab: usize) -> Result<Config> {
-    let inter = if m.intermediate == 0 { 4 * m.hidden } else { m.intermediate };
+    let inter = if m.intermediate == 0 {
+        4 * m.hidden
+    } else {
+        m.intermediate
+    };
     let kv = if m.kv_heads == 0 { m.heads } else { m.kv_heads };
     let value = serde_json::json!({
         "model_type": "llama",
@@ -84,7 +90,10 @@ impl Policy {
         } else {
             io::load(Path::new(&cfg.model.path), &dev)?
         };
-        Ok(Self { m, use_chat_template: cfg.model.chat_template })
+        Ok(Self {
+            m,
+            use_chat_template: cfg.model.chat_template,
+        })
     }
 
     /// A randomly initialised tiny Llama over a char-level tokenizer of `alphabet`.
@@ -141,7 +150,10 @@ impl Policy {
 
     /// The id appended after a worked solution in SFT.
     pub fn eos_id(&self) -> Result<u32> {
-        self.eos_ids().first().copied().ok_or_else(|| input_err!("{}: the model has no EOS token", self.m.path.display()))
+        self.eos_ids()
+            .first()
+            .copied()
+            .ok_or_else(|| input_err!("{}: the model has no EOS token", self.m.path.display()))
     }
 
     /// Padding id.
@@ -151,15 +163,23 @@ impl Policy {
 
     /// Token ids of a prompt: chat messages through the chat template (when present and enabled), text as is.
     pub fn encode_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>> {
-        let template = self.m.chat_template.as_ref().filter(|_| self.use_chat_template);
+        let template = self
+            .m
+            .chat_template
+            .as_ref()
+            .filter(|_| self.use_chat_template);
         let ids = match (prompt, template) {
             (Prompt::Messages(msgs), Some(t)) => {
-                let msgs: Vec<ChatMessage> = msgs.iter().map(|m| ChatMessage::new(&m.role, &m.content)).collect();
+                let msgs: Vec<ChatMessage> = msgs
+                    .iter()
+                    .map(|m| ChatMessage::new(&m.role, &m.content))
+                    .collect();
                 self.m.tokenizer.encode(&t.render(&msgs, true)?, false)?
             }
-            (Prompt::Text(text), Some(t)) if !self.is_tiny() => {
-                self.m.tokenizer.encode(&t.render(&[ChatMessage::new("user", text)], true)?, false)?
-            }
+            (Prompt::Text(text), Some(t)) if !self.is_tiny() => self
+                .m
+                .tokenizer
+                .encode(&t.render(&[ChatMessage::new("user", text)], true)?, false)?,
             (p, _) => {
                 let add_special = !self.is_tiny();
                 self.m.tokenizer.encode(&p.flat(), add_special)?
@@ -190,7 +210,11 @@ impl Policy {
         chunk: usize,
         rng: &mut ChaCha8Rng,
     ) -> Result<Vec<Completion>> {
-        let chunk = if chunk == 0 { prompts.len().max(1) } else { chunk };
+        let chunk = if chunk == 0 {
+            prompts.len().max(1)
+        } else {
+            chunk
+        };
         let mut out = Vec::with_capacity(prompts.len());
         for part in prompts.chunks(chunk) {
             if params.stop.is_empty() {
@@ -198,7 +222,13 @@ impl Policy {
             } else {
                 let decode = |ids: &[u32]| self.m.tokenizer.decode(ids, true).unwrap_or_default();
                 let checker = rollout::stop_string_checker(decode, &params.stop);
-                out.extend(rollout::generate_with_stop(model, part, params, rng, Some(&checker))?);
+                out.extend(rollout::generate_with_stop(
+                    model,
+                    part,
+                    params,
+                    rng,
+                    Some(&checker),
+                )?);
             }
         }
         Ok(out)

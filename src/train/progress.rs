@@ -40,9 +40,11 @@ impl Progress {
     pub fn new(mode: Mode, phase: &str, total: u64, done: u64) -> Self {
         let bar = if mode == Mode::Bar {
             let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template("{prefix:>4} [{bar:24}] {pos}/{len} {elapsed_precise} eta {eta} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> ");
+            let style = ProgressStyle::with_template(
+                "{prefix:>4} [{bar:24}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
             b.set_style(style);
             b.set_prefix(phase.to_string());
             b.set_position(done);
@@ -50,7 +52,12 @@ impl Progress {
         } else {
             None
         };
-        Self { mode, bar, phase: phase.into(), total }
+        Self {
+            mode,
+            bar,
+            phase: phase.into(),
+            total,
+        }
     }
 
     /// Shows a free-form message for unit `pos`.
@@ -120,7 +127,10 @@ pub fn step_line(m: &StepMetrics) -> String {
 pub fn summary_table(s: &Summary, run_dir: &std::path::Path) -> String {
     let mut out = String::new();
     out.push_str(&format!("run        {}\n", run_dir.display()));
-    out.push_str(&format!("objective  {}   seed {}   steps {}   wall {:.1}s\n", s.objective, s.seed, s.steps, s.wall_seconds));
+    out.push_str(&format!(
+        "objective  {}   seed {}   steps {}   wall {:.1}s\n",
+        s.objective, s.seed, s.steps, s.wall_seconds
+    ));
     out.push_str("                     before     after     delta\n");
     out.push_str(&format!(
         "eval accuracy     {:>9.3} {:>9.3} {:>+9.3}\n",

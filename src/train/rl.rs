@@ -52,13 +52,16 @@ pub enum Outcome {
 
 /// The typed `[task]` section.
 pub fn task_config(cfg: &RunConfig) -> Result<TaskConfig> {
-    toml::Value::Table(cfg.task.clone()).try_into().map_err(|e: toml::de::Error| input_err!("task: {}", e.message()))
+    toml::Value::Table(cfg.task.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| input_err!("task: {}", e.message()))
 }
 
 /// The typed `[reward]` section, resolved against the rollout length.
 pub fn reward_config(cfg: &RunConfig) -> Result<RewardConfig> {
-    let r: RewardConfig =
-        toml::Value::Table(cfg.reward.clone()).try_into().map_err(|e: toml::de::Error| input_err!("reward: {}", e.message()))?;
+    let r: RewardConfig = toml::Value::Table(cfg.reward.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| input_err!("reward: {}", e.message()))?;
     r.resolved(cfg.rollout.max_new_tokens)
 }
 
@@ -91,7 +94,10 @@ struct Ctx<'a> {
 
 fn prepare_dir(out: &Path, resume: bool) -> Result<()> {
     if !resume && out.join("metrics.jsonl").exists() {
-        return Err(input_err!("{}: already holds a run (use --resume to continue it, or another --out)", out.display()));
+        return Err(input_err!(
+            "{}: already holds a run (use --resume to continue it, or another --out)",
+            out.display()
+        ));
     }
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
     // Probe writability now, for a clear error before any work.
@@ -112,7 +118,10 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
     let latest = if opts.resume {
         let l = checkpoint::latest(out)?;
         if l.is_none() {
-            return Err(input_err!("{}: no checkpoint to resume from", out.display()));
+            return Err(input_err!(
+                "{}: no checkpoint to resume from",
+                out.display()
+            ));
         }
         l
     } else {
@@ -136,9 +145,18 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
         let rep = sft::warm_start(&mut policy, task.as_ref(), cfg, opts.mode)?;
         if cfg.sft.steps > 0 && opts.mode != Mode::Quiet {
             if rep.cached {
-                eprintln!("warm start: loaded {}", rep.cache_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+                eprintln!(
+                    "warm start: loaded {}",
+                    rep.cache_path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                );
             } else {
-                eprintln!("warm start: {} steps, loss {:.4}, {:.1}s", rep.steps, rep.final_loss, rep.seconds);
+                eprintln!(
+                    "warm start: {} steps, loss {:.4}, {:.1}s",
+                    rep.steps, rep.final_loss, rep.seconds
+                );
             }
         }
         state = TrainState {
@@ -158,7 +176,10 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
         };
         if obj.kl_beta > 0.0 {
             let tmp = out.join(".reference.safetensors.tmp");
-            policy.varmap().save(&tmp).map_err(|e| input_err!("{}: {e}", tmp.display()))?;
+            policy
+                .varmap()
+                .save(&tmp)
+                .map_err(|e| input_err!("{}: {e}", tmp.display()))?;
             std::fs::rename(&tmp, &reference_path).map_err(|e| io_err(&reference_path, e))?;
         }
     }
@@ -182,17 +203,36 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
         eos_token_ids: policy.eos_ids(),
         stop: cfg.rollout.stop.clone(),
     };
-    let mut ctx = Ctx { cfg, obj, task, reward, policy, reference, opt, params, device };
+    let mut ctx = Ctx {
+        cfg,
+        obj,
+        task,
+        reward,
+        policy,
+        reference,
+        opt,
+        params,
+        device,
+    };
 
-    let mut metrics_log = JsonlLog::open_truncated(&out.join("metrics.jsonl"), state.metrics_lines)?;
-    let mut rollouts_log = JsonlLog::open_truncated(&out.join("rollouts.jsonl"), state.rollouts_lines)?;
+    let mut metrics_log =
+        JsonlLog::open_truncated(&out.join("metrics.jsonl"), state.metrics_lines)?;
+    let mut rollouts_log =
+        JsonlLog::open_truncated(&out.join("rollouts.jsonl"), state.rollouts_lines)?;
     let mut eval_log = JsonlLog::open_truncated(&out.join("eval.jsonl"), state.eval_lines)?;
     let eval_set = EvalSet::new(cfg, ctx.task.as_ref(), &ctx.policy, task_cfg.eval_size)?;
     let wall_before = state.wall_seconds;
     let wall = |state_start: Instant| wall_before + state_start.elapsed().as_secs_f64();
 
     if latest.is_none() {
-        let e = evaluate(cfg, &ctx.policy, ctx.task.as_ref(), &ctx.reward, &eval_set, 0)?;
+        let e = evaluate(
+            cfg,
+            &ctx.policy,
+            ctx.task.as_ref(),
+            &ctx.reward,
+            &eval_set,
+            0,
+        )?;
         eval_log.append(&e)?;
         eval_log.sync()?;
         if opts.mode != Mode::Quiet {
@@ -205,7 +245,13 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
         state.eval_last = Some(e);
         state.eval_lines = eval_log.lines();
         state.wall_seconds = wall(t_start);
-        checkpoint::save(out, ctx.policy.varmap(), &ctx.opt, &state, cfg.checkpoint.keep)?;
+        checkpoint::save(
+            out,
+            ctx.policy.varmap(),
+            &ctx.opt,
+            &state,
+            cfg.checkpoint.keep,
+        )?;
     }
 
     let progress = Progress::new(opts.mode, "rl", cfg.train.steps, state.step);
@@ -219,7 +265,14 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
         progress.step(&m);
         let every = cfg.eval.every;
         if state.step == cfg.train.steps || (every > 0 && state.step % every == 0) {
-            let e = evaluate(cfg, &ctx.policy, ctx.task.as_ref(), &ctx.reward, &eval_set, state.step)?;
+            let e = evaluate(
+                cfg,
+                &ctx.policy,
+                ctx.task.as_ref(),
+                &ctx.reward,
+                &eval_set,
+                state.step,
+            )?;
             eval_log.append(&e)?;
             progress.eval(&e);
             state.eval_last = Some(e);
@@ -232,13 +285,27 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
         state.eval_lines = eval_log.lines();
         state.wall_seconds = wall(t_start);
         steps_here += 1;
-        let interrupted = opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+        let interrupted = opts
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst));
         let ck_every = cfg.checkpoint.every;
-        let due = (ck_every > 0 && state.step % ck_every == 0) || state.step == cfg.train.steps || interrupted;
-        if cfg.train.stop_after_steps > 0 && steps_here >= cfg.train.stop_after_steps && state.step < cfg.train.steps {
+        let due = (ck_every > 0 && state.step % ck_every == 0)
+            || state.step == cfg.train.steps
+            || interrupted;
+        if cfg.train.stop_after_steps > 0
+            && steps_here >= cfg.train.stop_after_steps
+            && state.step < cfg.train.steps
+        {
             // Testing hook: behave like a kill (a checkpoint only if one was due anyway).
             if due && !interrupted {
-                checkpoint::save(out, ctx.policy.varmap(), &ctx.opt, &state, cfg.checkpoint.keep)?;
+                checkpoint::save(
+                    out,
+                    ctx.policy.varmap(),
+                    &ctx.opt,
+                    &state,
+                    cfg.checkpoint.keep,
+                )?;
             }
             progress.finish();
             return Ok(Outcome::Stopped(state.step));
@@ -250,7 +317,13 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
                     state.step
                 ));
             }
-            checkpoint::save(out, ctx.policy.varmap(), &ctx.opt, &state, cfg.checkpoint.keep)?;
+            checkpoint::save(
+                out,
+                ctx.policy.varmap(),
+                &ctx.opt,
+                &state,
+                cfg.checkpoint.keep,
+            )?;
             last_saved = state.step;
         }
         if interrupted {
@@ -267,7 +340,14 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
     let after = match &state.eval_last {
         Some(e) if e.step == state.step => e.clone(),
         _ => {
-            let e = evaluate(cfg, &ctx.policy, ctx.task.as_ref(), &ctx.reward, &eval_set, state.step)?;
+            let e = evaluate(
+                cfg,
+                &ctx.policy,
+                ctx.task.as_ref(),
+                &ctx.reward,
+                &eval_set,
+                state.step,
+            )?;
             eval_log.append(&e)?;
             eval_log.sync()?;
             e
@@ -327,7 +407,10 @@ fn tensors_of(
     pad: u32,
     device: &Device,
 ) -> Result<(Batch, Tensor, Tensor, Tensor, Option<Tensor>)> {
-    let pairs: Vec<(Vec<u32>, Vec<u32>)> = samples.iter().map(|s| (s.prompt.as_ref().clone(), s.response.clone())).collect();
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = samples
+        .iter()
+        .map(|s| (s.prompt.as_ref().clone(), s.response.clone()))
+        .collect();
     let batch = Batch::from_pairs(&pairs, pad, DType::F32, device)?;
     let (b, t1) = batch.response_mask.dims2()?;
     let mut old = vec![0f32; b * t1];
@@ -348,13 +431,29 @@ fn tensors_of(
     }
     let old = Tensor::from_vec(old, (b, t1), device)?;
     let mask = Tensor::from_vec(keep, (b, t1), device)?;
-    let adv = Tensor::from_vec(samples.iter().map(|s| s.advantage as f32).collect::<Vec<_>>(), b, device)?;
-    let rf = if has_ref { Some(Tensor::from_vec(rf, (b, t1), device)?) } else { None };
+    let adv = Tensor::from_vec(
+        samples
+            .iter()
+            .map(|s| s.advantage as f32)
+            .collect::<Vec<_>>(),
+        b,
+        device,
+    )?;
+    let rf = if has_ref {
+        Some(Tensor::from_vec(rf, (b, t1), device)?)
+    } else {
+        None
+    };
     Ok((batch, old, mask, adv, rf))
 }
 
 /// Per-response log-probs (and entropies, summed) of `samples` under `model`, no gradient.
-fn response_logprobs(model: &Transformer, samples: &[&Sample], pad: u32, device: &Device) -> Result<(Vec<Vec<f32>>, Vec<f64>)> {
+fn response_logprobs(
+    model: &Transformer,
+    samples: &[&Sample],
+    pad: u32,
+    device: &Device,
+) -> Result<(Vec<Vec<f32>>, Vec<f64>)> {
     let (batch, ..) = tensors_of(samples, pad, device)?;
     let (logp, ent) = token_logprobs(model, &batch)?;
     let logp: Vec<Vec<f32>> = logp.detach().to_vec2()?;
@@ -364,7 +463,12 @@ fn response_logprobs(model: &Transformer, samples: &[&Sample], pad: u32, device:
     for (i, s) in samples.iter().enumerate() {
         let start = s.prompt.len() - 1;
         lps.push(logp[i][start..start + s.response.len()].to_vec());
-        ents.push(ent[i][start..start + s.response.len()].iter().map(|&x| x as f64).sum());
+        ents.push(
+            ent[i][start..start + s.response.len()]
+                .iter()
+                .map(|&x| x as f64)
+                .sum(),
+        );
     }
     Ok((lps, ents))
 }
@@ -388,9 +492,14 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
             problems.push(ctx.task.sample_train(&mut state.rng_data)?);
             state.prompts_drawn += 1;
         }
-        let encoded: Vec<Arc<Vec<u32>>> =
-            problems.iter().map(|p| ctx.policy.encode_prompt(&p.prompt).map(Arc::new)).collect::<Result<_>>()?;
-        let prompts: Vec<Vec<u32>> = encoded.iter().flat_map(|e| std::iter::repeat_n(e.as_ref().clone(), g)).collect();
+        let encoded: Vec<Arc<Vec<u32>>> = problems
+            .iter()
+            .map(|p| ctx.policy.encode_prompt(&p.prompt).map(Arc::new))
+            .collect::<Result<_>>()?;
+        let prompts: Vec<Vec<u32>> = encoded
+            .iter()
+            .flat_map(|e| std::iter::repeat_n(e.as_ref().clone(), g))
+            .collect();
         let outs = ctx.policy.generate(
             ctx.policy.model(),
             &prompts,
@@ -407,7 +516,14 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                 generated_tokens += c.ids.len();
                 let text = ctx.policy.decode(&c.ids)?;
                 let truncated = !c.finished;
-                let r = reward::score(&ctx.reward, &verifier, &text, &problem.answer, c.ids.len(), truncated);
+                let r = reward::score(
+                    &ctx.reward,
+                    &verifier,
+                    &text,
+                    &problem.answer,
+                    c.ids.len(),
+                    truncated,
+                );
                 rewards.push(r.total);
                 samples.push(Sample {
                     group,
@@ -438,7 +554,9 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     kept_groups.truncate(p_count);
 
     // Advantages over the kept groups.
-    let kept: Vec<usize> = (0..samples.len()).filter(|&i| kept_groups.contains(&samples[i].group)).collect();
+    let kept: Vec<usize> = (0..samples.len())
+        .filter(|&i| kept_groups.contains(&samples[i].group))
+        .collect();
     let rewards: Vec<f64> = kept.iter().map(|&i| samples[i].reward.total).collect();
     let gids: Vec<usize> = kept.iter().map(|&i| samples[i].group).collect();
     let adv = advantage::compute(cfg.advantage.resolve(&cfg.objective.name), &rewards, &gids);
@@ -447,12 +565,20 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     }
 
     // Old (and reference) log-probs from the training forward, no gradient.
-    let micro = if cfg.train.micro_batch_size == 0 { cfg.mini_batch_size() } else { cfg.train.micro_batch_size };
+    let micro = if cfg.train.micro_batch_size == 0 {
+        cfg.mini_batch_size()
+    } else {
+        cfg.train.micro_batch_size
+    };
     let pad = ctx.policy.pad_id();
     let mut trained_tokens = 0usize;
     let mut ent_sum = 0f64;
     let mut ent_n = 0usize;
-    let trainable: Vec<usize> = kept.iter().copied().filter(|&i| !samples[i].response.is_empty()).collect();
+    let trainable: Vec<usize> = kept
+        .iter()
+        .copied()
+        .filter(|&i| !samples[i].response.is_empty())
+        .collect();
     for chunk in trainable.chunks(micro.max(1)) {
         let refs: Vec<&Sample> = chunk.iter().map(|&i| &samples[i]).collect();
         let (lps, ents) = response_logprobs(ctx.policy.model(), &refs, pad, &ctx.device)?;
@@ -460,7 +586,10 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
             Some(r) => Some(response_logprobs(r, &refs, pad, &ctx.device)?.0),
             None => None,
         };
-        trained_tokens += refs.iter().map(|s| s.prompt.len() + s.response.len()).sum::<usize>();
+        trained_tokens += refs
+            .iter()
+            .map(|s| s.prompt.len() + s.response.len())
+            .sum::<usize>();
         for (k, &i) in chunk.iter().enumerate() {
             ent_sum += ents[k];
             ent_n += samples[i].response.len();
@@ -483,7 +612,11 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
         }
         for mbatch in order.chunks(mb) {
             let n_seq = mbatch.iter().filter(|&&i| samples[i].train).count();
-            let n_tok: usize = mbatch.iter().filter(|&&i| samples[i].train).map(|&i| samples[i].response.len()).sum();
+            let n_tok: usize = mbatch
+                .iter()
+                .filter(|&&i| samples[i].train)
+                .map(|&i| samples[i].response.len())
+                .sum();
             if n_seq == 0 {
                 continue;
             }
@@ -500,15 +633,26 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                 }
                 let (batch, old, mask, adv, rf) = tensors_of(&refs, pad, &ctx.device)?;
                 let (logp, ent) = token_logprobs(ctx.policy.model(), &batch)?;
-                trained_tokens += refs.iter().map(|s| s.prompt.len() + s.response.len()).sum::<usize>();
+                trained_tokens += refs
+                    .iter()
+                    .map(|s| s.prompt.len() + s.response.len())
+                    .sum::<usize>();
                 let inputs = PolicyInputs {
                     logp: &logp,
                     old_logp: &old,
                     mask: &mask,
                     advantages: &adv,
                     ref_logp: rf.as_ref(),
-                    entropy: if ctx.obj.entropy_coef != 0.0 { Some(&ent) } else { None },
-                    global_counts: if split { Some((n_seq as f64, n_tok as f64)) } else { None },
+                    entropy: if ctx.obj.entropy_coef != 0.0 {
+                        Some(&ent)
+                    } else {
+                        None
+                    },
+                    global_counts: if split {
+                        Some((n_seq as f64, n_tok as f64))
+                    } else {
+                        None
+                    },
                 };
                 let o = objective::policy_loss_resolved(&ctx.obj, &inputs)?;
                 let l = o.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -562,7 +706,12 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     let n = samples.len().max(1) as f64;
     let rewards_all: Vec<f64> = samples.iter().map(|s| s.reward.total).collect();
     let reward_mean = rewards_all.iter().sum::<f64>() / n;
-    let reward_std = (rewards_all.iter().map(|r| (r - reward_mean).powi(2)).sum::<f64>() / n).sqrt();
+    let reward_std = (rewards_all
+        .iter()
+        .map(|r| (r - reward_mean).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt();
     let mut lens: Vec<f64> = samples.iter().map(|s| s.response.len() as f64).collect();
     let (len_mean, p10, p90, len_max) = lengths_stats(&mut lens);
     let correct = |s: &&Sample| s.reward.accuracy > 0.5;
@@ -578,11 +727,29 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
         response_length_p10: p10,
         response_length_p90: p90,
         response_length_max: len_max,
-        response_length_correct: mean(samples.iter().filter(correct).map(|s| s.response.len() as f64)),
-        response_length_incorrect: mean(samples.iter().filter(|s| !correct(s)).map(|s| s.response.len() as f64)),
+        response_length_correct: mean(
+            samples
+                .iter()
+                .filter(correct)
+                .map(|s| s.response.len() as f64),
+        ),
+        response_length_incorrect: mean(
+            samples
+                .iter()
+                .filter(|s| !correct(s))
+                .map(|s| s.response.len() as f64),
+        ),
         truncated_frac: mean(samples.iter().map(|s| if s.truncated { 1.0 } else { 0.0 })),
-        frac_reward_zero_std: if n_groups > 0 { zero_std_groups as f64 / n_groups as f64 } else { 0.0 },
-        entropy: if ent_n > 0 { ent_sum / ent_n as f64 } else { 0.0 },
+        frac_reward_zero_std: if n_groups > 0 {
+            zero_std_groups as f64 / n_groups as f64
+        } else {
+            0.0
+        },
+        entropy: if ent_n > 0 {
+            ent_sum / ent_n as f64
+        } else {
+            0.0
+        },
         clip_frac_low: mean(stats.iter().map(|s| s.clip_frac_low)),
         clip_frac_high: mean(stats.iter().map(|s| s.clip_frac_high)),
         ratio_mean: mean(stats.iter().map(|s| s.ratio_mean)),
@@ -614,9 +781,11 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
 /// The learning rate of the next optimizer step.
 fn current_lr(cfg: &RunConfig, state: &TrainState) -> f64 {
     match cfg.optim.warmup_unit {
-        WarmupUnit::Optimizer => {
-            lr_at(&cfg.optim, state.optimizer_steps, cfg.train.steps * cfg.optimizer_steps_per_rl_step())
-        }
+        WarmupUnit::Optimizer => lr_at(
+            &cfg.optim,
+            state.optimizer_steps,
+            cfg.train.steps * cfg.optimizer_steps_per_rl_step(),
+        ),
         WarmupUnit::Rollout => lr_at(&cfg.optim, state.step, cfg.train.steps),
     }
 }

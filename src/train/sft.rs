@@ -58,20 +58,34 @@ pub fn cache_key(cfg: &RunConfig) -> u64 {
 
 /// Where the warm start of `cfg` is cached (`None` when caching is off).
 pub fn cache_path(cfg: &RunConfig) -> Option<PathBuf> {
-    (cfg.sft.cache && !cfg.sft.cache_dir.is_empty())
-        .then(|| PathBuf::from(&cfg.sft.cache_dir).join(format!("sft-{:016x}.safetensors", cache_key(cfg))))
+    (cfg.sft.cache && !cfg.sft.cache_dir.is_empty()).then(|| {
+        PathBuf::from(&cfg.sft.cache_dir).join(format!("sft-{:016x}.safetensors", cache_key(cfg)))
+    })
 }
 
 /// Warm-starts `policy` as `cfg.sft` says: from the cache when present, else by training (and filling the cache).
-pub fn warm_start(policy: &mut Policy, task: &dyn Task, cfg: &RunConfig, mode: Mode) -> Result<SftReport> {
+pub fn warm_start(
+    policy: &mut Policy,
+    task: &dyn Task,
+    cfg: &RunConfig,
+    mode: Mode,
+) -> Result<SftReport> {
     if cfg.sft.steps == 0 {
         return Ok(SftReport::default());
     }
     let t0 = std::time::Instant::now();
     let path = cache_path(cfg);
     if let Some(p) = path.as_ref().filter(|p| p.exists()) {
-        policy.varmap_mut().load(p).map_err(|e| input_err!("{}: {e} (delete it to retrain)", p.display()))?;
-        return Ok(SftReport { cached: true, cache_path: path, seconds: t0.elapsed().as_secs_f64(), ..Default::default() });
+        policy
+            .varmap_mut()
+            .load(p)
+            .map_err(|e| input_err!("{}: {e} (delete it to retrain)", p.display()))?;
+        return Ok(SftReport {
+            cached: true,
+            cache_path: path,
+            seconds: t0.elapsed().as_secs_f64(),
+            ..Default::default()
+        });
     }
     let mut report = train(policy, task, cfg, mode, None)?;
     if let Some(p) = &path {
@@ -79,7 +93,10 @@ pub fn warm_start(policy: &mut Policy, task: &dyn Task, cfg: &RunConfig, mode: M
             std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         }
         let tmp = p.with_extension(format!("tmp-{}", std::process::id()));
-        policy.varmap().save(&tmp).map_err(|e| input_err!("{}: {e}", tmp.display()))?;
+        policy
+            .varmap()
+            .save(&tmp)
+            .map_err(|e| input_err!("{}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, p).map_err(|e| io_err(p, e))?;
         report.cache_path = path;
     }
@@ -88,11 +105,22 @@ pub fn warm_start(policy: &mut Policy, task: &dyn Task, cfg: &RunConfig, mode: M
 }
 
 /// Trains `cfg.sft.steps` steps of cross-entropy on worked solutions (no cache), logging each step to `log`.
-pub fn train(policy: &Policy, task: &dyn Task, cfg: &RunConfig, mode: Mode, mut log: Option<&mut JsonlLog>) -> Result<SftReport> {
+pub fn train(
+    policy: &Policy,
+    task: &dyn Task,
+    cfg: &RunConfig,
+    mode: Mode,
+    mut log: Option<&mut JsonlLog>,
+) -> Result<SftReport> {
     let s = &cfg.sft;
     let t0 = std::time::Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, "sft"));
-    let params = AdamWParams { beta1: cfg.optim.beta1, beta2: cfg.optim.beta2, eps: cfg.optim.eps, weight_decay: s.weight_decay };
+    let params = AdamWParams {
+        beta1: cfg.optim.beta1,
+        beta2: cfg.optim.beta2,
+        eps: cfg.optim.eps,
+        weight_decay: s.weight_decay,
+    };
     let mut opt = AdamW::new(policy.varmap(), params)?;
     let eos = policy.eos_id()?;
     let device = policy.model().device().clone();
@@ -133,25 +161,48 @@ pub fn train(policy: &Policy, task: &dyn Task, cfg: &RunConfig, mode: Mode, mut 
             recent.remove(0);
         }
         if let Some(l) = log.as_deref_mut() {
-            l.append(&SftStep { step: step + 1, loss: loss_v, grad_norm, lr })?;
+            l.append(&SftStep {
+                step: step + 1,
+                loss: loss_v,
+                grad_norm,
+                lr,
+            })?;
         }
-        if step % 10 == 9 || step + 1 == s.steps || mode != Mode::Lines {
-            progress.update(step + 1, &format!("loss {loss_v:.4} gnorm {grad_norm:.3} lr {lr:.2e}"));
+        if (step + 1) % (s.steps / 20).max(1) == 0 || step + 1 == s.steps || mode != Mode::Lines {
+            progress.update(
+                step + 1,
+                &format!("loss {loss_v:.4} gnorm {grad_norm:.3} lr {lr:.2e}"),
+            );
         }
     }
     progress.finish();
     let final_loss = recent.iter().sum::<f64>() / recent.len().max(1) as f64;
-    Ok(SftReport { steps: s.steps, final_loss, cached: false, cache_path: None, seconds: t0.elapsed().as_secs_f64() })
+    Ok(SftReport {
+        steps: s.steps,
+        final_loss,
+        cached: false,
+        cache_path: None,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 /// `luspo sft`: trains the warm start of `cfg` (no cache) into `out`: `config.toml`, `sft.jsonl` (one line per
 /// step), `eval.jsonl` (held-out accuracy after SFT), `final/` (HF directory). Returns the evaluation.
-pub fn run(cfg: &RunConfig, out: &std::path::Path, mode: Mode) -> Result<crate::metrics::EvalRecord> {
+pub fn run(
+    cfg: &RunConfig,
+    out: &std::path::Path,
+    mode: Mode,
+) -> Result<crate::metrics::EvalRecord> {
     if cfg.sft.steps == 0 {
-        return Err(input_err!("sft.steps: is 0, nothing to train (set --set sft.steps=N)"));
+        return Err(input_err!(
+            "sft.steps: is 0, nothing to train (set --set sft.steps=N)"
+        ));
     }
     if out.join("sft.jsonl").exists() {
-        return Err(input_err!("{}: already holds an SFT run (choose another --out)", out.display()));
+        return Err(input_err!(
+            "{}: already holds an SFT run (choose another --out)",
+            out.display()
+        ));
     }
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
     super::files::atomic_write(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
