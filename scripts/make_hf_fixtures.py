@@ -321,10 +321,13 @@ def check_saved(d):
     tok = AutoTokenizer.from_pretrained(d)
     model = AutoModelForCausalLM.from_pretrained(d).eval()
     ids = tok("Hello world!")["input_ids"]
+    if tok.unk_token is None and "<eos>" in tok.get_vocab():  # char-level: its alphabet has no 'w'
+        ids = tok("Hello 12+30=?")["input_ids"]
     with torch.no_grad():
         lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
     print(json.dumps({"ids": ids, "logprobs": [lp[t, ids[t + 1]].item() for t in range(len(ids) - 1)],
-                      "chat": tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)}))
+                      "chat": tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+                      if tok.chat_template else None}))
 
 
 if __name__ == "__main__":

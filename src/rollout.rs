@@ -11,9 +11,8 @@
 //! Log-probs everywhere are `log_softmax(logits)` of the model at temperature 1 (the raw policy), whatever the
 //! sampling temperature/top-k/top-p: the quantity the trainer's objective uses for importance ratios.
 
-use crate::model::transformer::log_softmax_diff;
 use crate::model::{KvCache, Transformer};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 
 /// Sampling settings.
@@ -51,17 +50,28 @@ impl SamplingParams {
     /// Checks the values; a bad one is an `Error::Input` naming the key.
     pub fn validate(&self) -> crate::Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(crate::input_err!("sampling.temperature must be a finite number >= 0, got {}", self.temperature));
+            return Err(crate::input_err!(
+                "sampling.temperature must be a finite number >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(crate::input_err!("sampling.top_p must be in (0, 1], got {}", self.top_p));
+            return Err(crate::input_err!(
+                "sampling.top_p must be in (0, 1], got {}",
+                self.top_p
+            ));
         }
         if self.stop.iter().any(|s| s.is_empty()) {
-            return Err(crate::input_err!("sampling.stop: stop strings must not be empty"));
+            return Err(crate::input_err!(
+                "sampling.stop: stop strings must not be empty"
+            ));
         }
         Ok(())
     }
 }
+
+/// A stop test on a row's generated ids (true = a stop string has appeared).
+pub type StopChecker<'a> = &'a dyn Fn(&[u32]) -> bool;
 
 /// One sampled completion.
 #[derive(Debug, Clone)]
@@ -89,14 +99,26 @@ impl Batch {
     ///
     /// Row `b` holds `prompt ++ response` then `pad_id`; `response_mask[b, t] = 1` iff token `t+1` is a response token.
     /// Every prompt needs at least one token (the first response token is predicted from it); `T ≥ 2`.
-    pub fn from_pairs(pairs: &[(Vec<u32>, Vec<u32>)], pad_id: u32, dtype: DType, device: &Device) -> crate::Result<Batch> {
+    pub fn from_pairs(
+        pairs: &[(Vec<u32>, Vec<u32>)],
+        pad_id: u32,
+        dtype: DType,
+        device: &Device,
+    ) -> crate::Result<Batch> {
         if pairs.is_empty() {
             return Err(crate::input_err!("batch: no sequences"));
         }
         if let Some(i) = pairs.iter().position(|(p, _)| p.is_empty()) {
-            return Err(crate::input_err!("batch: prompt {i} is empty (needs at least one token)"));
+            return Err(crate::input_err!(
+                "batch: prompt {i} is empty (needs at least one token)"
+            ));
         }
-        let t = pairs.iter().map(|(p, r)| p.len() + r.len()).max().unwrap_or(0).max(2);
+        let t = pairs
+            .iter()
+            .map(|(p, r)| p.len() + r.len())
+            .max()
+            .unwrap_or(0)
+            .max(2);
         let b = pairs.len();
         let mut ids = vec![pad_id; b * t];
         let mut am = vec![0f32; b * t];
@@ -166,7 +188,7 @@ pub fn generate_with_stop(
     prompts: &[Vec<u32>],
     params: &SamplingParams,
     rng: &mut rand_chacha::ChaCha8Rng,
-    stop_checker: Option<&dyn Fn(&[u32]) -> bool>,
+    stop_checker: Option<StopChecker>,
 ) -> crate::Result<Vec<Completion>> {
     params.validate()?;
     let b = prompts.len();
@@ -176,14 +198,23 @@ pub fn generate_with_stop(
     let vocab = model.vocab_size();
     for (i, p) in prompts.iter().enumerate() {
         if p.is_empty() {
-            return Err(crate::input_err!("generate: prompt {i} is empty (needs at least one token)"));
+            return Err(crate::input_err!(
+                "generate: prompt {i} is empty (needs at least one token)"
+            ));
         }
         if let Some(&bad) = p.iter().find(|&&id| id as usize >= vocab) {
-            return Err(crate::input_err!("generate: prompt {i} has token id {bad} >= vocab_size {vocab}"));
+            return Err(crate::input_err!(
+                "generate: prompt {i} has token id {bad} >= vocab_size {vocab}"
+            ));
         }
     }
-    let mut out: Vec<Completion> =
-        (0..b).map(|_| Completion { ids: vec![], logprobs: vec![], finished: false }).collect();
+    let mut out: Vec<Completion> = (0..b)
+        .map(|_| Completion {
+            ids: vec![],
+            logprobs: vec![],
+            finished: false,
+        })
+        .collect();
     if params.max_new_tokens == 0 {
         return Ok(out);
     }
@@ -256,6 +287,16 @@ pub fn generate_with_stop(
     Ok(out)
 }
 
+/// Samples one token from a row of raw logits with `params` (temperature, top-k, top-p; EOS/stop not applied);
+/// returns the token and its temperature-1 log-prob. The per-step sampler of [`generate`].
+pub fn sample_token(
+    logits: &[f32],
+    params: &SamplingParams,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> (u32, f32) {
+    Sampler::new(params).sample(logits, rng)
+}
+
 /// Host-side sampler with reusable scratch buffers.
 struct Sampler<'a> {
     params: &'a SamplingParams,
@@ -264,13 +305,20 @@ struct Sampler<'a> {
 
 impl<'a> Sampler<'a> {
     fn new(params: &'a SamplingParams) -> Self {
-        Self { params, scratch: vec![] }
+        Self {
+            params,
+            scratch: vec![],
+        }
     }
 
     /// Samples one token from a row of raw logits; returns it with its temperature-1 log-prob.
     fn sample(&mut self, logits: &[f32], rng: &mut rand_chacha::ChaCha8Rng) -> (u32, f32) {
         let p = self.params;
-        let tok = if p.temperature == 0.0 { argmax(logits) } else { self.draw(logits, rng) };
+        let tok = if p.temperature == 0.0 {
+            argmax(logits)
+        } else {
+            self.draw(logits, rng)
+        };
         (tok, logprob_of(logits, tok as usize))
     }
 
@@ -279,7 +327,12 @@ impl<'a> Sampler<'a> {
         let inv_t = 1.0 / p.temperature;
         let cand = &mut self.scratch;
         cand.clear();
-        cand.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, (l as f64 * inv_t) as f32)));
+        cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, (l as f64 * inv_t) as f32)),
+        );
         let desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         // top-k: keep every logit >= the k-th largest (ties kept, as HF).
         if p.top_k > 0 && p.top_k < cand.len() {
@@ -330,7 +383,12 @@ impl<'a> Sampler<'a> {
             }
         }
         // Rounding left u at the very top: take the last kept token with nonzero weight.
-        cand.iter().zip(&weights).rev().find(|(_, w)| **w > 0.0).map(|(c, _)| c.0).unwrap_or(cand[0].0)
+        cand.iter()
+            .zip(&weights)
+            .rev()
+            .find(|(_, w)| **w > 0.0)
+            .map(|(c, _)| c.0)
+            .unwrap_or(cand[0].0)
     }
 }
 
@@ -348,7 +406,12 @@ fn argmax(logits: &[f32]) -> u32 {
 /// `log_softmax(logits)[tok]` in f64.
 fn logprob_of(logits: &[f32], tok: usize) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+    let lse = max
+        + logits
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
     (logits[tok] as f64 - lse) as f32
 }
 
@@ -359,29 +422,40 @@ fn logprob_of(logits: &[f32], tok: usize) -> f32 {
 pub fn token_logprobs(model: &Transformer, batch: &Batch) -> crate::Result<(Tensor, Tensor)> {
     let (_, t) = batch.ids.dims2()?;
     if t < 2 {
-        return Err(crate::input_err!("batch: sequences need at least 2 tokens, got T = {t}"));
+        return Err(crate::input_err!(
+            "batch: sequences need at least 2 tokens, got T = {t}"
+        ));
     }
     let h = model.hidden_states(&batch.ids, &batch.attention_mask)?;
     let logits = model.lm_head(&h.narrow(1, 0, t - 1)?)?;
-    let logp_all = log_softmax_diff(&logits)?;
-    let targets = batch.ids.narrow(1, 1, t - 1)?.contiguous()?.unsqueeze(D::Minus1)?;
-    let logp = logp_all.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?;
-    let entropy = (logp_all.exp()? * &logp_all)?.sum(D::Minus1)?.neg()?;
-    Ok((logp, entropy))
+    let targets = batch.ids.narrow(1, 1, t - 1)?.contiguous()?;
+    if model.reference_ops() {
+        crate::ops::composed_token_logprob_entropy(&logits, &targets)
+    } else {
+        crate::ops::token_logprob_entropy(&logits, &targets)
+    }
 }
 
 /// Per-token log-probs of whole sequences, no gradient: a row of n ids gives n−1 values (`log p(id_t | id_<t)`).
 ///
 /// Rows are sorted by length and scored `batch_size` at a time, right-padded; results come back in input order.
-pub fn score(model: &Transformer, sequences: &[Vec<u32>], batch_size: usize) -> crate::Result<Vec<Vec<f32>>> {
+pub fn score(
+    model: &Transformer,
+    sequences: &[Vec<u32>],
+    batch_size: usize,
+) -> crate::Result<Vec<Vec<f32>>> {
     let vocab = model.vocab_size();
     for (i, s) in sequences.iter().enumerate() {
         if let Some(&bad) = s.iter().find(|&&id| id as usize >= vocab) {
-            return Err(crate::input_err!("score: sequence {i} has token id {bad} >= vocab_size {vocab}"));
+            return Err(crate::input_err!(
+                "score: sequence {i} has token id {bad} >= vocab_size {vocab}"
+            ));
         }
     }
     let mut out: Vec<Vec<f32>> = vec![vec![]; sequences.len()];
-    let mut order: Vec<usize> = (0..sequences.len()).filter(|&i| sequences[i].len() >= 2).collect();
+    let mut order: Vec<usize> = (0..sequences.len())
+        .filter(|&i| sequences[i].len() >= 2)
+        .collect();
     order.sort_by_key(|&i| sequences[i].len());
     let device = model.device().clone();
     for chunk in order.chunks(batch_size.max(1)) {
@@ -399,10 +473,10 @@ pub fn score(model: &Transformer, sequences: &[Vec<u32>], batch_size: usize) -> 
         let am = Tensor::from_vec(am, (b, t), &device)?;
         let h = model.hidden_states_no_grad(&ids, &am)?;
         let logits = model.lm_head_no_grad(&h.narrow(1, 0, t - 1)?)?;
-        let logp_all = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let targets = ids.narrow(1, 1, t - 1)?.contiguous()?.unsqueeze(D::Minus1)?;
-        let logp: Vec<Vec<f32>> =
-            logp_all.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?.to_dtype(DType::F32)?.to_vec2()?;
+        let targets = ids.narrow(1, 1, t - 1)?.contiguous()?;
+        let logp: Vec<Vec<f32>> = crate::ops::log_softmax_gather(&logits, &targets)?
+            .to_dtype(DType::F32)?
+            .to_vec2()?;
         for (bi, &i) in chunk.iter().enumerate() {
             out[i] = logp[bi][..sequences[i].len() - 1].to_vec();
         }

@@ -20,8 +20,13 @@ fn batch(vocab: usize, dtype: DType) -> Batch {
 fn loss(model: &luspo::model::Transformer, b: &Batch) -> Tensor {
     let (logp, ent) = token_logprobs(model, b).unwrap();
     let (bs, t) = logp.dims2().unwrap();
-    let w: Vec<f64> = (0..bs * t).map(|i| 0.5 + ((i * 7) % 5) as f64 * 0.3).collect();
-    let w = Tensor::from_vec(w, (bs, t), &Device::Cpu).unwrap().to_dtype(logp.dtype()).unwrap();
+    let w: Vec<f64> = (0..bs * t)
+        .map(|i| 0.5 + ((i * 7) % 5) as f64 * 0.3)
+        .collect();
+    let w = Tensor::from_vec(w, (bs, t), &Device::Cpu)
+        .unwrap()
+        .to_dtype(logp.dtype())
+        .unwrap();
     let m = (&b.response_mask * w).unwrap();
     let a = (logp * &m).unwrap().sum_all().unwrap();
     let e = (ent * &m).unwrap().sum_all().unwrap();
@@ -36,13 +41,32 @@ fn every_parameter_gets_a_nonzero_gradient() {
         let b = batch(cfg.vocab_size, DType::F32);
         let grads = loss(&model, &b).backward().unwrap();
         let data = varmap.data().lock().unwrap();
-        let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(data.len(), names.len(), "{kind}: VarMap holds exactly the model's parameters");
+        let names: Vec<String> = model
+            .named_parameters()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(
+            data.len(),
+            names.len(),
+            "{kind}: VarMap holds exactly the model's parameters"
+        );
         for (name, var) in data.iter() {
             assert!(names.contains(name), "{kind}: unexpected var {name}");
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{kind}: {name} has no gradient"));
-            let gmax = g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(gmax > 0.0 && gmax.is_finite(), "{kind}: {name} gradient max {gmax}");
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{kind}: {name} has no gradient"));
+            let gmax = g
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                gmax > 0.0 && gmax.is_finite(),
+                "{kind}: {name} gradient max {gmax}"
+            );
         }
     }
 }
@@ -51,7 +75,11 @@ fn every_parameter_gets_a_nonzero_gradient() {
 fn hf_parameter_names() {
     let cfg = tiny_config("qwen2");
     let (model, _) = tiny_model(&cfg, DType::F32, 1);
-    let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = model
+        .named_parameters()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     for n in [
         "model.embed_tokens.weight",
         "model.layers.0.input_layernorm.weight",
@@ -68,15 +96,27 @@ fn hf_parameter_names() {
     ] {
         assert!(names.contains(&n.to_string()), "missing {n}");
     }
-    assert!(!names.iter().any(|n| n == "lm_head.weight" || n.ends_with("o_proj.bias")), "{names:?}");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "lm_head.weight" || n.ends_with("o_proj.bias")),
+        "{names:?}"
+    );
     let cfg = tiny_config("llama");
     let (model, _) = tiny_model(&cfg, DType::F32, 1);
-    let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = model
+        .named_parameters()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     assert!(names.contains(&"lm_head.weight".to_string()));
     assert!(!names.iter().any(|n| n.ends_with(".bias")));
     // shapes as HF: q (heads*hd, d), k (kv*hd, d)
     let p: std::collections::HashMap<_, _> = model.named_parameters().into_iter().collect();
-    assert_eq!(p["model.layers.0.self_attn.q_proj.weight"].dims(), &[16, 16]);
+    assert_eq!(
+        p["model.layers.0.self_attn.q_proj.weight"].dims(),
+        &[16, 16]
+    );
     assert_eq!(p["model.layers.0.self_attn.k_proj.weight"].dims(), &[8, 16]);
     assert_eq!(p["model.layers.0.mlp.gate_proj.weight"].dims(), &[24, 16]);
     assert_eq!(p["model.layers.0.mlp.down_proj.weight"].dims(), &[16, 24]);
@@ -88,7 +128,12 @@ fn seeded_init_is_reproducible_and_hf_like() {
     let (a, _) = tiny_model(&cfg, DType::F32, 5);
     let (b, _) = tiny_model(&cfg, DType::F32, 5);
     let (c, _) = tiny_model(&cfg, DType::F32, 6);
-    for (((name, x), (_, y)), (_, z)) in a.named_parameters().into_iter().zip(b.named_parameters()).zip(c.named_parameters()) {
+    for (((name, x), (_, y)), (_, z)) in a
+        .named_parameters()
+        .into_iter()
+        .zip(b.named_parameters())
+        .zip(c.named_parameters())
+    {
         let x: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         let z: Vec<f32> = z.flatten_all().unwrap().to_vec1().unwrap();
@@ -102,7 +147,10 @@ fn seeded_init_is_reproducible_and_hf_like() {
             let n = x.len() as f64;
             let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
             let sd = (x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
-            assert!((sd - 0.2).abs() < 0.2 * 0.25, "{name}: std {sd} vs initializer_range 0.2");
+            assert!(
+                (sd - 0.2).abs() < 0.2 * 0.25,
+                "{name}: std {sd} vs initializer_range 0.2"
+            );
         }
     }
 }
@@ -123,27 +171,86 @@ fn finite_differences_f64() {
             if name.contains("layers.1.") {
                 continue;
             }
-            let g: Vec<f64> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let g: Vec<f64> = grads
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let orig: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
             // the entry with the largest gradient and two fixed others
-            let imax = (0..g.len()).max_by(|&i, &j| g[i].abs().total_cmp(&g[j].abs())).unwrap();
+            let imax = (0..g.len())
+                .max_by(|&i, &j| g[i].abs().total_cmp(&g[j].abs()))
+                .unwrap();
             for idx in [imax, g.len() / 3, (g.len() * 5) / 7] {
                 let at = |delta: f64| {
                     let mut v = orig.clone();
                     v[idx] += delta;
-                    var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                    var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                        .unwrap();
                     loss(&model, &b).to_scalar::<f64>().unwrap()
                 };
                 let num = (at(eps) - at(-eps)) / (2.0 * eps);
-                var.set(&Tensor::from_vec(orig.clone(), var.shape(), &Device::Cpu).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(orig.clone(), var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
                 let ana = g[idx];
                 let err = (num - ana).abs() / (num.abs().max(ana.abs()) + 1e-6);
-                assert!(err < 1e-5, "{kind} {name}[{idx}]: numeric {num} analytic {ana} rel err {err}");
+                assert!(
+                    err < 1e-5,
+                    "{kind} {name}[{idx}]: numeric {num} analytic {ana} rel err {err}"
+                );
                 worst = worst.max(err);
                 checked += 1;
             }
         }
         assert!(checked >= 30, "{kind}: checked {checked} entries");
         eprintln!("{kind}: worst relative error {worst:.2e} over {checked} entries");
+    }
+}
+
+/// The fused `crate::ops` training path and the composed candle reference give the same loss and gradients.
+#[test]
+fn fused_ops_match_composed_reference() {
+    for kind in ["llama_bias", "qwen2"] {
+        let cfg = tiny_config(kind);
+        let (mut model, varmap) = tiny_model(&cfg, DType::F64, 31);
+        let b = batch(cfg.vocab_size, DType::F64);
+        let l1 = loss(&model, &b);
+        let g1 = l1.backward().unwrap();
+        model.set_reference_ops(true);
+        let l2 = loss(&model, &b);
+        let g2 = l2.backward().unwrap();
+        let (l1, l2) = (
+            l1.to_scalar::<f64>().unwrap(),
+            l2.to_scalar::<f64>().unwrap(),
+        );
+        assert!(
+            (l1 - l2).abs() < 1e-10 * l1.abs().max(1.0),
+            "{kind}: loss {l1} vs {l2}"
+        );
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let a: Vec<f64> = g1
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let c: Vec<f64> = g2
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let scale = c.iter().fold(0f64, |m, x| m.max(x.abs()));
+            for (x, y) in a.iter().zip(&c) {
+                assert!(
+                    (x - y).abs() <= 1e-9 * scale + 1e-14,
+                    "{kind} {name}: fused {x} vs composed {y}"
+                );
+            }
+        }
     }
 }

@@ -29,20 +29,46 @@ fn floats(v: &Value) -> Vec<f64> {
 }
 
 fn greedy(m: &LoadedModel, prompts: &[Vec<u32>], n: usize, eos: Vec<u32>) -> Vec<Vec<u32>> {
-    let params =
-        SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens: n, eos_token_ids: eos, stop: vec![] };
+    let params = SamplingParams {
+        temperature: 0.0,
+        top_p: 1.0,
+        top_k: 0,
+        max_new_tokens: n,
+        eos_token_ids: eos,
+        stop: vec![],
+    };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    generate(&m.model, prompts, &params, &mut rng).unwrap().into_iter().map(|c| c.ids).collect()
+    generate(&m.model, prompts, &params, &mut rng)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.ids)
+        .collect()
 }
 
 fn logits(m: &LoadedModel, seq: &[u32]) -> Tensor {
-    let ids = Tensor::new(seq, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let ids = Tensor::new(seq, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let mask = Tensor::ones((1, seq.len()), m.model.dtype(), &Device::Cpu).unwrap();
-    m.model.forward(&ids, &mask).unwrap().to_dtype(DType::F64).unwrap()
+    m.model
+        .forward(&ids, &mask)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 /// Logprobs within 1e-4 of transformers (float64 reference of the f32 weights), one by one and batched,
@@ -67,7 +93,12 @@ fn tiny_fixtures_match_transformers() {
         assert!(worst < 1e-4, "{name}: worst |Δ logprob| = {worst:e}");
         let got = greedy(&m, &all, 20, vec![]);
         for (s, g) in seqs.iter().zip(&got) {
-            assert_eq!(g, &ids(&s["greedy"]), "{name}: greedy continuation of {:?}", s["text"]);
+            assert_eq!(
+                g,
+                &ids(&s["greedy"]),
+                "{name}: greedy continuation of {:?}",
+                s["text"]
+            );
         }
         eprintln!("{name}: worst |Δ logprob| vs transformers = {worst:.2e}");
     }
@@ -100,7 +131,10 @@ fn save_round_trip_and_legacy_rope_config() {
         let m2 = io::load(&out, &Device::Cpu).unwrap();
         let d = max_abs(&logits(&m, &seq), &logits(&m2, &seq));
         assert_eq!(d, 0.0, "{name}: saved model differs");
-        assert_eq!(m2.tokenizer.encode("Hello world!", true).unwrap(), m.tokenizer.encode("Hello world!", true).unwrap());
+        assert_eq!(
+            m2.tokenizer.encode("Hello world!", true).unwrap(),
+            m.tokenizer.encode("Hello world!", true).unwrap()
+        );
     }
     let src = fixture("llama3rope");
     let tmp = tempfile::tempdir().unwrap();
@@ -131,10 +165,16 @@ fn save_round_trip_and_legacy_rope_config() {
 fn smollm2() -> Option<(PathBuf, Value)> {
     let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !p.exists() {
-        eprintln!("note: {} not found (run scripts/fetch_smollm2.sh); skipping SmolLM2 parity", p.display());
+        eprintln!(
+            "note: {} not found (run scripts/fetch_smollm2.sh); skipping SmolLM2 parity",
+            p.display()
+        );
         return None;
     }
-    Some((p, json(&root().join("tests/fixtures/smollm2_reference.json"))))
+    Some((
+        p,
+        json(&root().join("tests/fixtures/smollm2_reference.json")),
+    ))
 }
 
 /// SmolLM2-135M-Instruct from its Q4_1 GGUF: logprobs within 2e-3 of transformers loading the same file,
@@ -152,9 +192,103 @@ fn smollm2_gguf_matches_transformers() {
     }
     eprintln!("SmolLM2: worst |Δ logprob| vs transformers = {worst:.2e}");
     assert!(worst < 2e-3, "worst |Δ logprob| = {worst:e}");
-    let prompt = m.prompt_ids("What is the capital of France?", true).unwrap();
+    let prompt = m
+        .prompt_ids("What is the capital of France?", true)
+        .unwrap();
     assert_eq!(prompt, ids(&r["chat_ids"]));
     let out = greedy(&m, &[prompt], 24, m.tokenizer.eos_ids.clone()).remove(0);
     assert_eq!(out, ids(&r["greedy_ids"]));
-    assert_eq!(m.tokenizer.decode(&out, true).unwrap(), "The capital of France is Paris.");
+    assert_eq!(
+        m.tokenizer.decode(&out, true).unwrap(),
+        "The capital of France is Paris."
+    );
+}
+
+/// Writes saved copies of the fixtures (and SmolLM2, if present) under `$LUSPO_SAVE_DIR` for the Python check
+/// `scripts/make_hf_fixtures.py check-saved DIR` (transformers must load what save_hf writes).
+#[test]
+#[ignore]
+fn save_for_python_check() {
+    let out = PathBuf::from(std::env::var("LUSPO_SAVE_DIR").expect("set LUSPO_SAVE_DIR"));
+    for name in ["llama", "qwen2", "llama3rope"] {
+        let m = io::load(&fixture(name), &Device::Cpu).unwrap();
+        io::save_hf(&out.join(name), &m).unwrap();
+        let ids = m.tokenizer.encode("Hello world!", true).unwrap();
+        eprintln!(
+            "{name} {:?} {:?}",
+            ids,
+            score(&m.model, std::slice::from_ref(&ids), 1).unwrap()[0]
+        );
+    }
+    // A tiny char-level model as the built-in tasks make them.
+    let tok = luspo::model::tokenizer::Tok::char_level("0123456789+=? Hello", &["<pad>", "<eos>"])
+        .unwrap();
+    let mut cfg = io::read_hf_config(&fixture("llama")).unwrap();
+    cfg.vocab_size = tok.vocab_size();
+    cfg.bos_token_id = None;
+    cfg.eos_token_id = Some(1.into());
+    cfg.extra.remove("pad_token_id");
+    let vm = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let model = luspo::model::Transformer::new(&cfg, vb).unwrap();
+    io::save_hf_parts(&out.join("charlevel"), &cfg, &vm, &tok, None, None, None).unwrap();
+    let ids = tok
+        .encode("Hello world!", true)
+        .unwrap_or_else(|_| tok.encode("Hello 12+30=?", true).unwrap());
+    eprintln!(
+        "charlevel {:?} {:?}",
+        ids,
+        score(&model, std::slice::from_ref(&ids), 1).unwrap()[0]
+    );
+    if let Some((p, _)) = smollm2() {
+        let m = io::load(&p, &Device::Cpu).unwrap();
+        io::save_hf(&out.join("smollm2"), &m).unwrap();
+        let ids = m.tokenizer.encode("Hello world!", true).unwrap();
+        eprintln!(
+            "smollm2 {:?} {:?}",
+            ids,
+            score(&m.model, std::slice::from_ref(&ids), 1).unwrap()[0]
+        );
+    }
+}
+
+/// `io::load` (through the transformer's own parameter list) names the missing or misshapen tensor and file.
+#[test]
+fn load_errors_name_tensor_and_file() {
+    let src = fixture("qwen2");
+    let cases: [(&str, Value, &str); 3] = [
+        (
+            "num_hidden_layers",
+            3.into(),
+            "missing tensor `model.layers.2.",
+        ),
+        (
+            "intermediate_size",
+            96.into(),
+            "gate_proj.weight` has shape [128, 64], the config needs [96, 64]",
+        ),
+        (
+            "tie_word_embeddings",
+            false.into(),
+            "missing tensor `lm_head.weight`",
+        ),
+    ];
+    for (key, val, needle) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(&src).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
+        }
+        let mut cfg = json(&src.join("config.json"));
+        cfg[key] = val;
+        std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+        let e = io::load(tmp.path(), &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains(needle) && e.contains(".safetensors") && !e.contains('\n'),
+            "{key}: {e}"
+        );
+    }
 }

@@ -10,6 +10,9 @@ pub struct GenerateArgs {
     /// HF model directory or `.gguf` file.
     #[arg(long)]
     pub model: PathBuf,
+    /// Device: cpu, cuda, cuda:N or auto (CUDA when built with the `cuda` feature and present).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// The prompt text.
     #[arg(long)]
     pub prompt: String,
@@ -38,7 +41,7 @@ pub struct GenerateArgs {
 
 /// Runs `luspo generate`: stops at an EOS id of the model or after `--max-new-tokens`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let m = crate::model::io::load(&args.model, &crate::model::io::default_device()?)?;
+    let m = crate::model::io::load(&args.model, &crate::model::io::parse_device(&args.device)?)?;
     let prompt = m.prompt_ids(&args.prompt, args.chat)?;
     let params = SamplingParams {
         temperature: args.temperature,
@@ -50,10 +53,16 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
     let out = crate::rollout::generate(&m.model, &[prompt], &params, &mut rng)?;
-    let c = out.into_iter().next().ok_or_else(|| anyhow::anyhow!("generation returned no completion"))?;
+    let c = out
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("generation returned no completion"))?;
     let text = m.tokenizer.decode(&c.ids, true)?;
     if args.json {
-        println!("{}", serde_json::json!({ "completion_ids": c.ids, "text": text, "finished": c.finished }));
+        println!(
+            "{}",
+            serde_json::json!({ "completion_ids": c.ids, "text": text, "finished": c.finished })
+        );
     } else {
         println!("{text}");
     }

@@ -55,7 +55,10 @@ pub struct Message {
 impl Message {
     /// A message with the given role and content.
     pub fn new(role: &str, content: &str) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -75,7 +78,12 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| input_err!("chat template does not compile: {}", jerr_line(&e)))?;
-        Ok(Self { source: source.into(), bos_token: bos_token.into(), eos_token: eos_token.into(), env })
+        Ok(Self {
+            source: source.into(),
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+            env,
+        })
     }
 
     /// Renders `messages`; `add_generation_prompt` appends the assistant header, as HF's `apply_chat_template`.
@@ -84,8 +92,15 @@ impl ChatTemplate {
     }
 
     /// Renders messages given as JSON (a list of objects, any extra keys kept).
-    pub fn render_value(&self, messages: &serde_json::Value, add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template("chat").map_err(|e| input_err!("chat template: {}", jerr_line(&e)))?;
+    pub fn render_value(
+        &self,
+        messages: &serde_json::Value,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| input_err!("chat template: {}", jerr_line(&e)))?;
         let ctx = minijinja::context! {
             messages => Value::from_serialize(messages),
             add_generation_prompt => add_generation_prompt,
@@ -94,7 +109,8 @@ impl ChatTemplate {
             tools => Value::from(()),
             documents => Value::from(()),
         };
-        tmpl.render(ctx).map_err(|e| input_err!("chat template failed: {}", jerr_line(&e)))
+        tmpl.render(ctx)
+            .map_err(|e| input_err!("chat template failed: {}", jerr_line(&e)))
     }
 }
 
@@ -118,7 +134,8 @@ fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> std::result::Result
     let _: Option<bool> = kwargs.get("ensure_ascii")?;
     let _: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
-    let json = serde_json::to_value(&value).map_err(|e| JErr::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let json = serde_json::to_value(&value)
+        .map_err(|e| JErr::new(ErrorKind::InvalidOperation, e.to_string()))?;
     let mut out = String::new();
     py_dumps(&json, indent, 0, &mut out);
     Ok(Value::from_safe_string(out))
@@ -172,15 +189,38 @@ fn py_dumps(v: &serde_json::Value, indent: Option<usize>, level: usize, out: &mu
 
 /// HF's `strftime_now(fmt)`: the current UTC time formatted with a strftime subset (%Y %m %d %b %B %y %H %M %S %j %A %a %%).
 fn strftime_now(fmt: String) -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     strftime(secs as i64, &fmt)
 }
 
 /// Formats Unix time `secs` (UTC) with a strftime subset.
 pub fn strftime(secs: i64, fmt: &str) -> String {
-    const MONTHS: [&str; 12] =
-        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
-    const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+    ];
     let days = secs.div_euclid(86400);
     let rem = secs.rem_euclid(86400);
     // Civil-from-days (H. Hinnant).
@@ -245,7 +285,10 @@ mod tests {
     #[test]
     fn strftime_known_dates() {
         // 2024-07-23 13:45:07 UTC = 1721742307 (a Tuesday, day 205).
-        assert_eq!(strftime(1721742307, "%d %b %Y %H:%M:%S %A %j"), "23 Jul 2024 13:45:07 Tuesday 205");
+        assert_eq!(
+            strftime(1721742307, "%d %b %Y %H:%M:%S %A %j"),
+            "23 Jul 2024 13:45:07 Tuesday 205"
+        );
         assert_eq!(strftime(0, "%Y-%m-%d %a"), "1970-01-01 Thu");
         // 2000-02-29 (leap day).
         assert_eq!(strftime(951782400, "%d %B %Y %j"), "29 February 2000 060");
@@ -254,21 +297,33 @@ mod tests {
     #[test]
     fn chatml_renders_like_hf() {
         let t = ChatTemplate::new(CHATML, "", "<|im_end|>").unwrap();
-        let msgs = [Message::new("system", "Be brief."), Message::new("user", "Hi")];
+        let msgs = [
+            Message::new("system", "Be brief."),
+            Message::new("user", "Hi"),
+        ];
         assert_eq!(
             t.render(&msgs, true).unwrap(),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
-        assert_eq!(t.render(&msgs[1..], false).unwrap(), "<|im_start|>user\nHi<|im_end|>\n");
+        assert_eq!(
+            t.render(&msgs[1..], false).unwrap(),
+            "<|im_start|>user\nHi<|im_end|>\n"
+        );
     }
 
     #[test]
     fn raise_exception_and_tojson() {
         let t = ChatTemplate::new("{% if messages|length > 1 %}{{ raise_exception('only one message') }}{% endif %}{{ messages[0].content|tojson }} {{ [1, 'a', {'k': [true, none]}]|tojson }}", "", "")
             .unwrap();
-        let err = t.render(&[Message::new("a", "b"), Message::new("c", "d")], false).unwrap_err().to_string();
+        let err = t
+            .render(&[Message::new("a", "b"), Message::new("c", "d")], false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("only one message"), "{err}");
-        assert_eq!(t.render(&[Message::new("u", "é\"")], false).unwrap(), r#""é\"" [1, "a", {"k": [true, null]}]"#);
+        assert_eq!(
+            t.render(&[Message::new("u", "é\"")], false).unwrap(),
+            r#""é\"" [1, "a", {"k": [true, null]}]"#
+        );
         assert!(ChatTemplate::new("{% if %}", "", "").is_err());
     }
 
@@ -280,6 +335,10 @@ mod tests {
             "",
         )
         .unwrap();
-        assert_eq!(t.render(&[Message::new("u", "xa "), Message::new("u", "b")], false).unwrap(), "XA");
+        assert_eq!(
+            t.render(&[Message::new("u", "xa "), Message::new("u", "b")], false)
+                .unwrap(),
+            "XA"
+        );
     }
 }

@@ -116,7 +116,9 @@ pub struct RopeFreqs {
 impl Config {
     /// The RoPE settings object: `rope_parameters` (transformers 5) if present, else `rope_scaling`.
     fn rope_settings(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
-        fn pick(v: &Option<serde_json::Value>) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        fn pick(
+            v: &Option<serde_json::Value>,
+        ) -> Option<&serde_json::Map<String, serde_json::Value>> {
             v.as_ref().and_then(|v| v.as_object())
         }
         pick(&self.rope_parameters).or_else(|| pick(&self.rope_scaling))
@@ -146,8 +148,10 @@ impl Config {
     /// Unknown rope types and missing scaling keys are `Error::Input` naming the key.
     pub fn rope_freqs(&self, f32_like_torch: bool) -> crate::Result<RopeFreqs> {
         let dim = self.head_dim();
-        if dim % 2 != 0 {
-            return Err(crate::input_err!("config.json: head_dim {dim} must be even for RoPE"));
+        if !dim.is_multiple_of(2) {
+            return Err(crate::input_err!(
+                "config.json: head_dim {dim} must be even for RoPE"
+            ));
         }
         let base = self.rope_base();
         let half = dim / 2;
@@ -169,7 +173,12 @@ impl Config {
             settings
                 .and_then(|m| m.get(key))
                 .and_then(|v| v.as_f64())
-                .ok_or_else(|| crate::input_err!("config.json: rope scaling `{}` needs numeric key `{key}`", self.rope_type()))
+                .ok_or_else(|| {
+                    crate::input_err!(
+                        "config.json: rope scaling `{}` needs numeric key `{key}`",
+                        self.rope_type()
+                    )
+                })
         };
         let opt = |key: &str| settings.and_then(|m| m.get(key)).and_then(|v| v.as_f64());
         let ty = self.rope_type();
@@ -192,7 +201,7 @@ impl Config {
                     .map(|&f| {
                         let wavelen = 2.0 * std::f64::consts::PI / f;
                         let scaled = if wavelen > low_wl { f / factor } else { f };
-                        let medium = !(wavelen < high_wl) && !(wavelen > low_wl);
+                        let medium = wavelen >= high_wl && wavelen <= low_wl;
                         if medium {
                             let smooth = (old_ctx / wavelen - low) / (high - low);
                             round((1.0 - smooth) * scaled / factor + smooth * scaled)
@@ -248,6 +257,9 @@ impl Config {
 
     /// Initializer standard deviation: `initializer_range` if the config has it, else 0.02 (HF's default).
     pub fn initializer_range(&self) -> f64 {
-        self.extra.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02)
+        self.extra
+            .get("initializer_range")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.02)
     }
 }

@@ -11,7 +11,7 @@ use crate::{input_err, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Where a model was loaded from.
@@ -51,10 +51,9 @@ impl LoadedModel {
     /// with its special tokens (as HF's `tokenizer(text)`).
     pub fn prompt_ids(&self, text: &str, chat: bool) -> Result<Vec<u32>> {
         if chat {
-            let t = self
-                .chat_template
-                .as_ref()
-                .ok_or_else(|| input_err!("{}: the model has no chat template", self.path.display()))?;
+            let t = self.chat_template.as_ref().ok_or_else(|| {
+                input_err!("{}: the model has no chat template", self.path.display())
+            })?;
             let rendered = t.render(&[super::chat::Message::new("user", text)], true)?;
             self.tokenizer.encode(&rendered, false)
         } else {
@@ -97,6 +96,30 @@ pub fn default_device() -> Result<Device> {
     }
 }
 
+/// Parses a device name: `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when built with the `cuda` feature and present).
+pub fn parse_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => default_device(),
+        _ => {
+            let ordinal = match name.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| input_err!("--device {name}: expected cpu, cuda, cuda:N or auto"))?,
+                None => return Err(input_err!("--device {name}: expected cpu, cuda, cuda:N or auto")),
+            };
+            if !candle_core::utils::cuda_is_available() {
+                return Err(input_err!(
+                    "--device {name}: this build has no CUDA (rebuild with `--features cuda` on a machine with nvcc)"
+                ));
+            }
+            Ok(Device::new_cuda(ordinal)?)
+        }
+    }
+}
+
 /// Loads an HF directory or a `.gguf` file into f32 `Var`s on `device`.
 pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
     load_with_dtype(path, device, DType::F32)
@@ -105,10 +128,26 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
 /// Like [`load`] with the parameter dtype chosen (f32 for training, f64 for gradient tests).
 pub fn load_with_dtype(path: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
     let ck = read_checkpoint(path)?;
+    // The file's tensors become the Vars first, so Transformer::new finds them and skips its random init.
+    let expected = parameter_shapes(&ck.config, dtype, device)?;
+    let tensors = read_weights(path, &ck.config, &expected, device, dtype)?;
     let varmap = VarMap::new();
+    {
+        let mut data = varmap
+            .data()
+            .lock()
+            .map_err(|_| input_err!("internal: VarMap lock poisoned"))?;
+        for (name, t) in tensors {
+            data.insert(name, candle_core::Var::from_tensor(&t)?);
+        }
+    }
     let vb = VarBuilder::from_varmap(&varmap, dtype, device);
     let model = Transformer::new(&ck.config, vb)?;
-    fill_varmap(&varmap, path, &ck.config, device, dtype)?;
+    if varmap.all_vars().len() != expected.len() {
+        return Err(input_err!(
+            "internal: the transformer created parameters the loader did not fill"
+        ));
+    }
     Ok(LoadedModel {
         config: ck.config,
         model,
@@ -124,14 +163,20 @@ pub fn load_with_dtype(path: &Path, device: &Device, dtype: DType) -> Result<Loa
 
 /// Whether `path` names a GGUF file (by extension, or by its magic bytes).
 fn is_gguf(path: &Path) -> bool {
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
         return true;
     }
     if !path.is_file() {
         return false;
     }
     let mut magic = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok() && &magic == b"GGUF"
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
 }
 
 /// Reads the configuration, tokenizer and chat template of an HF directory or a `.gguf` file.
@@ -144,7 +189,10 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
     } else if path.is_dir() {
         read_hf_checkpoint(path)
     } else {
-        Err(input_err!("{}: expected an HF model directory or a .gguf file", path.display()))
+        Err(input_err!(
+            "{}: expected an HF model directory or a .gguf file",
+            path.display()
+        ))
     }
 }
 
@@ -174,9 +222,18 @@ pub fn check_config(config: &Config, file: &Path) -> Result<()> {
         ));
     }
     if config.hidden_act != "silu" {
-        return Err(input_err!("{}: unsupported hidden_act `{}` (only silu)", file.display(), config.hidden_act));
+        return Err(input_err!(
+            "{}: unsupported hidden_act `{}` (only silu)",
+            file.display(),
+            config.hidden_act
+        ));
     }
-    if config.num_attention_heads == 0 || config.num_kv_heads() == 0 || config.num_attention_heads % config.num_kv_heads() != 0 {
+    if config.num_attention_heads == 0
+        || config.num_kv_heads() == 0
+        || !config
+            .num_attention_heads
+            .is_multiple_of(config.num_kv_heads())
+    {
         return Err(input_err!(
             "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}",
             file.display(),
@@ -191,10 +248,13 @@ pub fn check_config(config: &Config, file: &Path) -> Result<()> {
 pub fn read_hf_config(dir: &Path) -> Result<Config> {
     let file = dir.join("config.json");
     if !file.exists() {
-        return Err(input_err!("{}: no config.json (not an HF model directory?)", dir.display()));
+        return Err(input_err!(
+            "{}: no config.json (not an HF model directory?)",
+            dir.display()
+        ));
     }
-    let config: Config =
-        serde_json::from_value(read_json(&file)?).map_err(|e| input_err!("{}: {e}", file.display()))?;
+    let config: Config = serde_json::from_value(read_json(&file)?)
+        .map_err(|e| input_err!("{}: {e}", file.display()))?;
     check_config(&config, &file)?;
     Ok(config)
 }
@@ -212,13 +272,20 @@ fn token_str(v: Option<&Value>) -> Option<String> {
 fn ids_of(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => vec![],
     }
 }
 
 /// The chat template of a `tokenizer_config.json` (`chat_template` as a string, or a list of named templates).
-fn template_from_tokenizer_config(tc: &serde_json::Map<String, Value>, file: &Path) -> Result<Option<String>> {
+fn template_from_tokenizer_config(
+    tc: &serde_json::Map<String, Value>,
+    file: &Path,
+) -> Result<Option<String>> {
     match tc.get("chat_template") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -233,9 +300,17 @@ fn template_from_tokenizer_config(tc: &serde_json::Map<String, Value>, file: &Pa
             named(Some("default"))
                 .or_else(|| named(None))
                 .map(Some)
-                .ok_or_else(|| input_err!("{}: chat_template list has no usable template", file.display()))
+                .ok_or_else(|| {
+                    input_err!(
+                        "{}: chat_template list has no usable template",
+                        file.display()
+                    )
+                })
         }
-        Some(_) => Err(input_err!("{}: chat_template must be a string or a list", file.display())),
+        Some(_) => Err(input_err!(
+            "{}: chat_template must be a string or a list",
+            file.display()
+        )),
     }
 }
 
@@ -264,10 +339,18 @@ fn read_hf_checkpoint(dir: &Path) -> Result<Checkpoint> {
     push(config.eos_token_ids());
     push(id_of(tc_tok("eos_token")).into_iter().collect());
     let bos = id_of(tc_tok("bos_token"))
-        .or_else(|| ids_of(gc.as_ref().and_then(|g| g.get("bos_token_id"))).first().copied())
+        .or_else(|| {
+            ids_of(gc.as_ref().and_then(|g| g.get("bos_token_id")))
+                .first()
+                .copied()
+        })
         .or_else(|| ids_of(config.bos_token_id.as_ref()).first().copied());
     let pad = id_of(tc_tok("pad_token"))
-        .or_else(|| ids_of(gc.as_ref().and_then(|g| g.get("pad_token_id"))).first().copied())
+        .or_else(|| {
+            ids_of(gc.as_ref().and_then(|g| g.get("pad_token_id")))
+                .first()
+                .copied()
+        })
         .or_else(|| ids_of(config.extra.get("pad_token_id")).first().copied());
     tok = Tok::new(tok.inner, eos, bos, pad);
 
@@ -279,11 +362,16 @@ fn read_hf_checkpoint(dir: &Path) -> Result<Checkpoint> {
     } else {
         None
     };
-    let bos_s = tc_tok("bos_token").or_else(|| tok.bos_token()).unwrap_or_default();
-    let eos_s = tc_tok("eos_token").or_else(|| tok.eos_token()).unwrap_or_default();
+    let bos_s = tc_tok("bos_token")
+        .or_else(|| tok.bos_token())
+        .unwrap_or_default();
+    let eos_s = tc_tok("eos_token")
+        .or_else(|| tok.eos_token())
+        .unwrap_or_default();
     let chat_template = match source {
         Some(s) => Some(
-            ChatTemplate::new(&s, &bos_s, &eos_s).map_err(|e| input_err!("{}: {e}", dir.display()))?,
+            ChatTemplate::new(&s, &bos_s, &eos_s)
+                .map_err(|e| input_err!("{}: {e}", dir.display()))?,
         ),
         None => None,
     };
@@ -311,43 +399,127 @@ pub fn hf_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| input_err!("{}: no `weight_map` object", index.display()))?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect();
         files.sort();
         files.dedup();
         let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
         if let Some(missing) = files.iter().find(|f| !f.exists()) {
-            return Err(input_err!("{}: shard {} is missing", index.display(), missing.display()));
+            return Err(input_err!(
+                "{}: shard {} is missing",
+                index.display(),
+                missing.display()
+            ));
         }
         return Ok(files);
     }
     if dir.join("pytorch_model.bin").exists() {
-        return Err(input_err!("{}: only safetensors weights are supported (found pytorch_model.bin)", dir.display()));
+        return Err(input_err!(
+            "{}: only safetensors weights are supported (found pytorch_model.bin)",
+            dir.display()
+        ));
     }
-    Err(input_err!("{}: no model.safetensors or model.safetensors.index.json", dir.display()))
+    Err(input_err!(
+        "{}: no model.safetensors or model.safetensors.index.json",
+        dir.display()
+    ))
 }
 
 /// Fills every `Var` of `varmap` from the weights at `path` (HF directory or GGUF), converted to `dtype`.
-pub fn fill_varmap(varmap: &VarMap, path: &Path, config: &Config, device: &Device, dtype: DType) -> Result<()> {
-    let vars: HashMap<String, candle_core::Var> =
-        varmap.data().lock().map_err(|_| input_err!("internal: VarMap lock poisoned"))?.clone();
-    let mut set: HashSet<String> = HashSet::new();
-    let mut embed: Option<Tensor> = None;
-    let mut apply = |name: &str, t: Tensor, file: &Path| -> Result<()> {
-        if name == "model.embed_tokens.weight" {
-            embed = Some(t.clone());
+pub fn fill_varmap(
+    varmap: &VarMap,
+    path: &Path,
+    config: &Config,
+    device: &Device,
+    dtype: DType,
+) -> Result<()> {
+    let vars: HashMap<String, candle_core::Var> = varmap
+        .data()
+        .lock()
+        .map_err(|_| input_err!("internal: VarMap lock poisoned"))?
+        .clone();
+    let expected: BTreeMap<String, Vec<usize>> = vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+        .collect();
+    for (name, t) in read_weights(path, config, &expected, device, dtype)? {
+        if let Some(var) = vars.get(&name) {
+            var.set(&t.to_dtype(var.dtype())?)?;
         }
-        match vars.get(name) {
-            Some(var) => {
-                if var.dims() != t.dims() {
+    }
+    Ok(())
+}
+
+/// The HF names and shapes of the parameters `Transformer::new` creates for `config` (no random init).
+pub fn parameter_shapes(
+    config: &Config,
+    dtype: DType,
+    device: &Device,
+) -> Result<BTreeMap<String, Vec<usize>>> {
+    /// A VarBuilder backend that hands out zeros and records what was asked for.
+    struct Recorder(std::sync::Arc<std::sync::Mutex<BTreeMap<String, Vec<usize>>>>);
+    impl candle_nn::var_builder::SimpleBackend for Recorder {
+        fn get(
+            &self,
+            s: candle_core::Shape,
+            name: &str,
+            _h: candle_nn::Init,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            if let Ok(mut m) = self.0.lock() {
+                m.insert(name.to_string(), s.dims().to_vec());
+            }
+            Tensor::zeros(s, dtype, dev)
+        }
+        fn get_unchecked(
+            &self,
+            name: &str,
+            _dtype: DType,
+            _dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            candle_core::bail!("parameter `{name}` requested without a shape")
+        }
+        fn contains_tensor(&self, _name: &str) -> bool {
+            false
+        }
+    }
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let vb = VarBuilder::from_backend(Box::new(Recorder(seen.clone())), dtype, device.clone());
+    drop(Transformer::new(config, vb)?);
+    let out = seen
+        .lock()
+        .map_err(|_| input_err!("internal: recorder lock poisoned"))?
+        .clone();
+    Ok(out)
+}
+
+/// Reads the weights at `path` (HF directory or GGUF) under HF names, converted to `dtype` on `device`, and
+/// checks them against `expected` (name → shape): a missing, misshapen or unexpected tensor is an
+/// `Error::Input` naming the tensor and the file. `rotary_emb.inv_freq` buffers are skipped; a tied model's
+/// `lm_head.weight` is skipped if not expected, or taken from the embedding if expected but absent.
+pub fn read_weights(
+    path: &Path,
+    config: &Config,
+    expected: &BTreeMap<String, Vec<usize>>,
+    device: &Device,
+    dtype: DType,
+) -> Result<HashMap<String, Tensor>> {
+    let mut out: HashMap<String, Tensor> = HashMap::new();
+    let mut apply = |name: &str, t: Tensor, file: &Path| -> Result<()> {
+        match expected.get(name) {
+            Some(shape) => {
+                if shape.as_slice() != t.dims() {
                     return Err(input_err!(
                         "{}: tensor `{name}` has shape {:?}, the config needs {:?}",
                         file.display(),
                         t.dims(),
-                        var.dims()
+                        shape
                     ));
                 }
-                var.set(&t.to_dtype(dtype)?.to_device(device)?)?;
-                set.insert(name.to_string());
+                out.insert(name.to_string(), t.to_dtype(dtype)?.to_device(device)?);
                 Ok(())
             }
             None if name.ends_with(".rotary_emb.inv_freq") => Ok(()),
@@ -365,7 +537,11 @@ pub fn fill_varmap(varmap: &VarMap, path: &Path, config: &Config, device: &Devic
         read_gguf_tensors(path, config, &mut apply)?;
     } else {
         let files = hf_weight_files(path)?;
-        described = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
+        described = files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         for file in &files {
             let tensors = candle_core::safetensors::load(file, &Device::Cpu)
                 .map_err(|e| input_err!("{}: cannot read safetensors: {e}", file.display()))?;
@@ -376,26 +552,33 @@ pub fn fill_varmap(varmap: &VarMap, path: &Path, config: &Config, device: &Devic
         }
     }
     // A tied model whose transformer still declares an lm_head gets the embedding matrix.
-    if config.tie_word_embeddings && !set.contains("lm_head.weight") {
-        if let (Some(var), Some(e)) = (vars.get("lm_head.weight"), embed.as_ref()) {
-            var.set(&e.to_dtype(dtype)?.to_device(device)?)?;
-            set.insert("lm_head.weight".into());
+    if config.tie_word_embeddings
+        && expected.contains_key("lm_head.weight")
+        && !out.contains_key("lm_head.weight")
+    {
+        if let Some(e) = out.get("model.embed_tokens.weight").cloned() {
+            out.insert("lm_head.weight".into(), e.copy()?);
         }
     }
-    let mut missing: Vec<&String> = vars.keys().filter(|k| !set.contains(*k)).collect();
-    missing.sort();
+    let missing: Vec<&String> = expected.keys().filter(|k| !out.contains_key(*k)).collect();
     if let Some(first) = missing.first() {
         return Err(input_err!(
             "{described}: missing tensor `{first}`{}",
-            if missing.len() > 1 { format!(" (and {} more)", missing.len() - 1) } else { String::new() }
+            if missing.len() > 1 {
+                format!(" (and {} more)", missing.len() - 1)
+            } else {
+                String::new()
+            }
         ));
     }
-    Ok(())
+    Ok(out)
 }
 
 // ---------------------------------------------------------------- GGUF
 
-fn gguf_content(path: &Path) -> Result<(candle_core::quantized::gguf_file::Content, std::fs::File)> {
+fn gguf_content(
+    path: &Path,
+) -> Result<(candle_core::quantized::gguf_file::Content, std::fs::File)> {
     let mut f = std::fs::File::open(path).map_err(|e| input_err!("{}: {e}", path.display()))?;
     let ct = candle_core::quantized::gguf_file::Content::read(&mut f)
         .map_err(|e| input_err!("{}: not a readable GGUF file: {e}", path.display()))?;
@@ -416,7 +599,10 @@ fn gguf_config(ct: &candle_core::quantized::gguf_file::Content, path: &Path) -> 
         .cloned()
         .ok_or_else(|| input_err!("{}: GGUF has no general.architecture", path.display()))?;
     if arch != "llama" {
-        return Err(input_err!("{}: unsupported GGUF architecture `{arch}` (supported: llama)", path.display()));
+        return Err(input_err!(
+            "{}: unsupported GGUF architecture `{arch}` (supported: llama)",
+            path.display()
+        ));
     }
     let key = |k: &str| format!("{arch}.{k}");
     let req_u = |k: &str| -> Result<u64> {
@@ -424,20 +610,43 @@ fn gguf_config(ct: &candle_core::quantized::gguf_file::Content, path: &Path) -> 
             .and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)))
             .ok_or_else(|| input_err!("{}: GGUF metadata lacks `{}`", path.display(), key(k)))
     };
-    let opt_u = |k: &str| md.get(&key(k)).and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)));
-    let opt_f = |k: &str| md.get(&key(k)).and_then(|v| v.to_f32().ok().map(f64::from).or_else(|| v.to_f64().ok()));
-    if md.contains_key(&key("rope.scaling.type")) || ct.tensor_infos.contains_key("rope_freqs.weight") {
-        return Err(input_err!("{}: GGUF RoPE scaling (rope_freqs / rope.scaling.*) is not supported", path.display()));
+    let opt_u = |k: &str| {
+        md.get(&key(k))
+            .and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)))
+    };
+    // f32 metadata is written as its shortest decimal (1e-5, not 9.999999747378752e-6).
+    let opt_f = |k: &str| {
+        md.get(&key(k)).and_then(|v| {
+            v.to_f32()
+                .ok()
+                .and_then(|x| x.to_string().parse::<f64>().ok())
+                .or_else(|| v.to_f64().ok())
+        })
+    };
+    if md.contains_key(&key("rope.scaling.type"))
+        || ct.tensor_infos.contains_key("rope_freqs.weight")
+    {
+        return Err(input_err!(
+            "{}: GGUF RoPE scaling (rope_freqs / rope.scaling.*) is not supported",
+            path.display()
+        ));
     }
     let n_heads = req_u("attention.head_count")?;
     let hidden = req_u("embedding_length")?;
     let vocab = match ct.tensor_infos.get("token_embd.weight") {
         Some(t) => t.shape.dims()[0] as u64,
-        None => return Err(input_err!("{}: missing tensor `token_embd.weight`", path.display())),
+        None => {
+            return Err(input_err!(
+                "{}: missing tensor `token_embd.weight`",
+                path.display()
+            ))
+        }
     };
-    let head_dim = opt_u("attention.key_length").or_else(|| opt_u("rope.dimension_count")).unwrap_or(hidden / n_heads);
+    let head_dim = opt_u("attention.key_length")
+        .or_else(|| opt_u("rope.dimension_count"))
+        .unwrap_or(hidden / n_heads);
     let get_id = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
-    let eps = opt_f("attention.layer_norm_rms_epsilon").map(|e| (e as f32) as f64).unwrap_or(1e-5);
+    let eps = opt_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5);
     let mut cfg = json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -465,7 +674,8 @@ fn gguf_config(ct: &candle_core::quantized::gguf_file::Content, path: &Path) -> 
     if let Some(p) = get_id("tokenizer.ggml.padding_token_id") {
         cfg["pad_token_id"] = json!(p);
     }
-    let config: Config = serde_json::from_value(cfg).map_err(|e| input_err!("{}: {e}", path.display()))?;
+    let config: Config =
+        serde_json::from_value(cfg).map_err(|e| input_err!("{}: {e}", path.display()))?;
     check_config(&config, path)?;
     Ok(config)
 }
@@ -474,7 +684,11 @@ fn read_gguf_checkpoint(path: &Path) -> Result<Checkpoint> {
     let (ct, _) = gguf_content(path)?;
     let config = gguf_config(&ct, path)?;
     let tokenizer = Tok::from_gguf(&ct, path)?;
-    let chat_template = match ct.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()) {
+    let chat_template = match ct
+        .metadata
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok())
+    {
         Some(src) => Some(
             ChatTemplate::new(
                 src,
@@ -533,26 +747,36 @@ pub fn gguf_to_hf_name(name: &str) -> Option<String> {
 pub fn unpermute_qk(w: &Tensor, n_head: usize) -> Result<Tensor> {
     let dims = w.dims().to_vec();
     let rows = dims[0];
-    if n_head == 0 || rows % (2 * n_head) != 0 {
-        return Err(input_err!("q/k tensor with {rows} rows cannot be split into {n_head} heads"));
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
+        return Err(input_err!(
+            "q/k tensor with {rows} rows cannot be split into {n_head} heads"
+        ));
     }
     let half = rows / n_head / 2;
     let mut shape = vec![n_head, half, 2];
     shape.extend_from_slice(&dims[1..]);
-    Ok(w.reshape(shape)?.transpose(1, 2)?.contiguous()?.reshape(dims)?)
+    Ok(w.reshape(shape)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
 }
 
 /// The inverse of [`unpermute_qk`] (llama.cpp's `permute`), used by tests and GGUF writers.
 pub fn permute_qk(w: &Tensor, n_head: usize) -> Result<Tensor> {
     let dims = w.dims().to_vec();
     let rows = dims[0];
-    if n_head == 0 || rows % (2 * n_head) != 0 {
-        return Err(input_err!("q/k tensor with {rows} rows cannot be split into {n_head} heads"));
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
+        return Err(input_err!(
+            "q/k tensor with {rows} rows cannot be split into {n_head} heads"
+        ));
     }
     let half = rows / n_head / 2;
     let mut shape = vec![n_head, 2, half];
     shape.extend_from_slice(&dims[1..]);
-    Ok(w.reshape(shape)?.transpose(1, 2)?.contiguous()?.reshape(dims)?)
+    Ok(w.reshape(shape)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
 }
 
 /// Calls `apply(hf_name, f32 tensor, file)` for every tensor of a llama GGUF file.
@@ -567,7 +791,9 @@ fn read_gguf_tensors(
     for name in names {
         let hf = gguf_to_hf_name(name)
             .ok_or_else(|| input_err!("{}: unexpected GGUF tensor `{name}`", path.display()))?;
-        let q = ct.tensor(&mut f, name, &Device::Cpu).map_err(|e| input_err!("{}: tensor `{name}`: {e}", path.display()))?;
+        let q = ct
+            .tensor(&mut f, name, &Device::Cpu)
+            .map_err(|e| input_err!("{}: tensor `{name}`: {e}", path.display()))?;
         let mut t = q.dequantize(&Device::Cpu)?;
         if hf.contains("self_attn.q_proj") {
             t = unpermute_qk(&t, config.num_attention_heads)?;
@@ -593,8 +819,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// `path` with a `.{tag}-{pid}-{nanos}` suffix, in the same directory.
 fn tmp_sibling(path: &Path, tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".{tag}-{}-{nanos}", std::process::id()));
     path.with_file_name(name)
 }
@@ -634,18 +866,29 @@ pub fn save_hf_parts(
     }
     let tmp = tmp_sibling(dir, "tmp");
     std::fs::create_dir_all(&tmp).map_err(|e| input_err!("{}: {e}", tmp.display()))?;
-    let res = write_hf_files(&tmp, config, varmap, tok, chat_template, tokenizer_config, generation_config);
+    let res = write_hf_files(
+        &tmp,
+        config,
+        varmap,
+        tok,
+        chat_template,
+        tokenizer_config,
+        generation_config,
+    );
     if let Err(e) = res {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
     if dir.exists() {
         let old = tmp_sibling(dir, "old");
-        std::fs::rename(dir, &old).map_err(|e| input_err!("{}: cannot replace: {e}", dir.display()))?;
-        std::fs::rename(&tmp, dir).map_err(|e| input_err!("{}: cannot replace: {e}", dir.display()))?;
+        std::fs::rename(dir, &old)
+            .map_err(|e| input_err!("{}: cannot replace: {e}", dir.display()))?;
+        std::fs::rename(&tmp, dir)
+            .map_err(|e| input_err!("{}: cannot replace: {e}", dir.display()))?;
         let _ = std::fs::remove_dir_all(&old);
     } else {
-        std::fs::rename(&tmp, dir).map_err(|e| input_err!("{}: cannot write: {e}", dir.display()))?;
+        std::fs::rename(&tmp, dir)
+            .map_err(|e| input_err!("{}: cannot write: {e}", dir.display()))?;
     }
     Ok(())
 }
@@ -667,7 +910,11 @@ fn write_hf_files(
             m.insert("dtype".into(), json!("float32"));
         }
         if !m.contains_key("architectures") {
-            let arch = if config.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" };
+            let arch = if config.model_type == "qwen2" {
+                "Qwen2ForCausalLM"
+            } else {
+                "LlamaForCausalLM"
+            };
             m.insert("architectures".into(), json!([arch]));
         }
         // Drop nulls of optional keys we deserialised but the file never had.
@@ -682,18 +929,33 @@ fn write_hf_files(
     write_json(&dir.join("config.json"), &cfg)?;
 
     // model.safetensors (f32, HF names; a tied model has no lm_head.weight)
-    let vars = varmap.data().lock().map_err(|_| input_err!("internal: VarMap lock poisoned"))?;
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| input_err!("internal: VarMap lock poisoned"))?;
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     for (name, var) in vars.iter() {
         if config.tie_word_embeddings && name == "lm_head.weight" {
             continue;
         }
-        tensors.insert(name.clone(), var.as_tensor().to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?);
+        tensors.insert(
+            name.clone(),
+            var.as_tensor()
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?
+                .contiguous()?,
+        );
     }
     drop(vars);
-    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into_iter().collect();
-    safetensors::tensor::serialize_to_file(tensors.iter(), Some(meta), &dir.join("model.safetensors"))
-        .map_err(|e| input_err!("{}: cannot write safetensors: {e}", dir.display()))?;
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())]
+        .into_iter()
+        .collect();
+    safetensors::tensor::serialize_to_file(
+        tensors.iter(),
+        Some(meta),
+        &dir.join("model.safetensors"),
+    )
+    .map_err(|e| input_err!("{}: cannot write safetensors: {e}", dir.display()))?;
 
     // tokenizer.json
     std::fs::write(dir.join("tokenizer.json"), tok.to_json()?)
@@ -701,10 +963,17 @@ fn write_hf_files(
 
     // tokenizer_config.json
     let mut tc = tokenizer_config.cloned().unwrap_or_default();
-    tc.entry("tokenizer_class").or_insert(json!("PreTrainedTokenizerFast"));
-    tc.entry("clean_up_tokenization_spaces").or_insert(json!(false));
-    tc.entry("model_max_length").or_insert(json!(config.max_position_embeddings));
-    for (key, val) in [("eos_token", tok.eos_token()), ("bos_token", tok.bos_token()), ("pad_token", tok.pad_token())] {
+    tc.entry("tokenizer_class")
+        .or_insert(json!("PreTrainedTokenizerFast"));
+    tc.entry("clean_up_tokenization_spaces")
+        .or_insert(json!(false));
+    tc.entry("model_max_length")
+        .or_insert(json!(config.max_position_embeddings));
+    for (key, val) in [
+        ("eos_token", tok.eos_token()),
+        ("bos_token", tok.bos_token()),
+        ("pad_token", tok.pad_token()),
+    ] {
         match val {
             Some(s) => {
                 tc.insert(key.into(), json!(s));
@@ -752,11 +1021,23 @@ mod tests {
 
     #[test]
     fn gguf_names_map_to_hf() {
-        assert_eq!(gguf_to_hf_name("blk.12.attn_q.weight").unwrap(), "model.layers.12.self_attn.q_proj.weight");
-        assert_eq!(gguf_to_hf_name("blk.0.ffn_down.weight").unwrap(), "model.layers.0.mlp.down_proj.weight");
-        assert_eq!(gguf_to_hf_name("blk.3.ffn_norm.weight").unwrap(), "model.layers.3.post_attention_layernorm.weight");
+        assert_eq!(
+            gguf_to_hf_name("blk.12.attn_q.weight").unwrap(),
+            "model.layers.12.self_attn.q_proj.weight"
+        );
+        assert_eq!(
+            gguf_to_hf_name("blk.0.ffn_down.weight").unwrap(),
+            "model.layers.0.mlp.down_proj.weight"
+        );
+        assert_eq!(
+            gguf_to_hf_name("blk.3.ffn_norm.weight").unwrap(),
+            "model.layers.3.post_attention_layernorm.weight"
+        );
         assert_eq!(gguf_to_hf_name("output.weight").unwrap(), "lm_head.weight");
-        assert_eq!(gguf_to_hf_name("token_embd.weight").unwrap(), "model.embed_tokens.weight");
+        assert_eq!(
+            gguf_to_hf_name("token_embd.weight").unwrap(),
+            "model.embed_tokens.weight"
+        );
         assert!(gguf_to_hf_name("rope_freqs.weight").is_none());
     }
 
@@ -764,15 +1045,28 @@ mod tests {
     fn unpermute_inverts_llamacpp_permute_by_hand() {
         // One head of width 4, two input columns: HF rows r0 r1 | r2 r3 (two halves);
         // llama.cpp interleaves them as r0 r2 r1 r3.
-        let hf = Tensor::new(&[[0f32, 1.], [10., 11.], [20., 21.], [30., 31.]], &Device::Cpu).unwrap();
+        let hf = Tensor::new(
+            &[[0f32, 1.], [10., 11.], [20., 21.], [30., 31.]],
+            &Device::Cpu,
+        )
+        .unwrap();
         let gg = permute_qk(&hf, 1).unwrap();
-        assert_eq!(gg.to_vec2::<f32>().unwrap(), vec![vec![0., 1.], vec![20., 21.], vec![10., 11.], vec![30., 31.]]);
+        assert_eq!(
+            gg.to_vec2::<f32>().unwrap(),
+            vec![vec![0., 1.], vec![20., 21.], vec![10., 11.], vec![30., 31.]]
+        );
         let back = unpermute_qk(&gg, 1).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
         // Biases (1-D) and several heads.
         let b = Tensor::arange(0f32, 12., &Device::Cpu).unwrap();
         let p = permute_qk(&b, 2).unwrap();
-        assert_eq!(p.to_vec1::<f32>().unwrap(), vec![0., 3., 1., 4., 2., 5., 6., 9., 7., 10., 8., 11.]);
-        assert_eq!(unpermute_qk(&p, 2).unwrap().to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+        assert_eq!(
+            p.to_vec1::<f32>().unwrap(),
+            vec![0., 3., 1., 4., 2., 5., 6., 9., 7., 10., 8., 11.]
+        );
+        assert_eq!(
+            unpermute_qk(&p, 2).unwrap().to_vec1::<f32>().unwrap(),
+            b.to_vec1::<f32>().unwrap()
+        );
     }
 }

@@ -3,8 +3,9 @@
 use crate::{input_err, Result};
 use std::path::Path;
 use tokenizers::{
-    decoders::fuse::Fuse, models::bpe::BPE, pre_tokenizers::byte_level::ByteLevel, pre_tokenizers::digits::Digits,
-    pre_tokenizers::sequence::Sequence, AddedToken, PreTokenizerWrapper,
+    decoders::fuse::Fuse, models::bpe::BPE, pre_tokenizers::byte_level::ByteLevel,
+    pre_tokenizers::digits::Digits, pre_tokenizers::sequence::Sequence, AddedToken,
+    PreTokenizerWrapper,
 };
 
 /// A tokenizer plus its special tokens.
@@ -21,7 +22,12 @@ pub struct Tok {
 
 impl Clone for Tok {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), eos_ids: self.eos_ids.clone(), bos_id: self.bos_id, pad_id: self.pad_id }
+        Self {
+            inner: self.inner.clone(),
+            eos_ids: self.eos_ids.clone(),
+            bos_id: self.bos_id,
+            pad_id: self.pad_id,
+        }
     }
 }
 
@@ -43,15 +49,30 @@ const PAD_NAMES: [&str; 2] = ["<pad>", "<|pad|>"];
 
 impl Tok {
     /// Wraps a tokenizer with explicit special ids.
-    pub fn new(inner: tokenizers::Tokenizer, eos_ids: Vec<u32>, bos_id: Option<u32>, pad_id: Option<u32>) -> Self {
+    pub fn new(
+        inner: tokenizers::Tokenizer,
+        eos_ids: Vec<u32>,
+        bos_id: Option<u32>,
+        pad_id: Option<u32>,
+    ) -> Self {
         let pad_id = pad_id.or_else(|| eos_ids.first().copied()).unwrap_or(0);
-        Self { inner, eos_ids, bos_id, pad_id }
+        Self {
+            inner,
+            eos_ids,
+            bos_id,
+            pad_id,
+        }
     }
 
     /// Reads a `tokenizer.json`; special ids are left empty (the caller sets them).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| input_err!("{}: cannot read tokenizer: {}", path.display(), one_line(&e.to_string())))?;
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+            input_err!(
+                "{}: cannot read tokenizer: {}",
+                path.display(),
+                one_line(&e.to_string())
+            )
+        })?;
         Ok(Self::new(inner, vec![], None, None))
     }
 
@@ -60,11 +81,24 @@ impl Tok {
     /// candle's builder uses `ByteLevel(add_prefix_space=true)` for GPT-2-style vocabularies, so "Hello" at the
     /// start of a text becomes " Hello"; HF (and llama.cpp) do not add that space. For `tokenizer.ggml.pre` =
     /// `smollm` the digits are also split one by one, as in SmolLM2's own `tokenizer.json`.
-    pub fn from_gguf(ct: &candle_core::quantized::gguf_file::Content, source: &Path) -> Result<Self> {
+    pub fn from_gguf(
+        ct: &candle_core::quantized::gguf_file::Content,
+        source: &Path,
+    ) -> Result<Self> {
         use candle_core::quantized::tokenizer::TokenizerFromGguf;
-        let mut inner = tokenizers::Tokenizer::from_gguf(ct)
-            .map_err(|e| input_err!("{}: cannot build tokenizer from GGUF: {}", source.display(), one_line(&e.to_string())))?;
-        let pre = ct.metadata.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+        let mut inner = tokenizers::Tokenizer::from_gguf(ct).map_err(|e| {
+            input_err!(
+                "{}: cannot build tokenizer from GGUF: {}",
+                source.display(),
+                one_line(&e.to_string())
+            )
+        })?;
+        let pre = ct
+            .metadata
+            .get("tokenizer.ggml.pre")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
         let gpt2_default = !matches!(pre.as_str(), "qwen2" | "smaug-bpe" | "lfm2" | "llama3");
         if gpt2_default {
             let bl = ByteLevel::new(false, true, true);
@@ -94,7 +128,9 @@ impl Tok {
         let mut seen = std::collections::HashSet::new();
         for s in specials {
             if s.is_empty() || !seen.insert(s.to_string()) {
-                return Err(input_err!("char-level tokenizer: special token {s:?} is empty or repeated"));
+                return Err(input_err!(
+                    "char-level tokenizer: special token {s:?} is empty or repeated"
+                ));
             }
             vocab.push((s.to_string(), vocab.len() as u32));
         }
@@ -104,16 +140,34 @@ impl Tok {
                 vocab.push((s, vocab.len() as u32));
             }
         }
-        let mut builder = BPE::builder().vocab_and_merges(vocab.iter().cloned().collect::<tokenizers::models::bpe::Vocab>(), vec![]);
+        let mut builder = BPE::builder().vocab_and_merges(
+            vocab
+                .iter()
+                .cloned()
+                .collect::<tokenizers::models::bpe::Vocab>(),
+            vec![],
+        );
         if specials.contains(&"<unk>") {
             builder = builder.unk_token("<unk>".into());
         }
-        let bpe = builder.build().map_err(|e| input_err!("char-level tokenizer: {e}"))?;
+        let bpe = builder
+            .build()
+            .map_err(|e| input_err!("char-level tokenizer: {e}"))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_decoder(Some(Fuse::new()));
-        let added: Vec<AddedToken> = specials.iter().map(|s| AddedToken::from(s.to_string(), true)).collect();
-        inner.add_special_tokens(added).map_err(|e| input_err!("char-level tokenizer: {e}"))?;
-        let find = |names: &[&str]| specials.iter().position(|s| names.contains(s)).map(|i| i as u32);
+        let added: Vec<AddedToken> = specials
+            .iter()
+            .map(|s| AddedToken::from(s.to_string(), true))
+            .collect();
+        inner
+            .add_special_tokens(added)
+            .map_err(|e| input_err!("char-level tokenizer: {e}"))?;
+        let find = |names: &[&str]| {
+            specials
+                .iter()
+                .position(|s| names.contains(s))
+                .map(|i| i as u32)
+        };
         let eos_ids: Vec<u32> = specials
             .iter()
             .enumerate()
@@ -135,8 +189,13 @@ impl Tok {
             // BPE without an unknown token drops characters it does not know: the offsets then miss bytes.
             let covered: usize = enc.get_offsets().iter().map(|(a, b)| b - a).sum();
             if covered != text.len() {
-                let bad = text.chars().find(|c| self.inner.token_to_id(&c.to_string()).is_none());
-                return Err(input_err!("character {:?} is not in the tokenizer's alphabet", bad.unwrap_or('?')));
+                let bad = text
+                    .chars()
+                    .find(|c| self.inner.token_to_id(&c.to_string()).is_none());
+                return Err(input_err!(
+                    "character {:?} is not in the tokenizer's alphabet",
+                    bad.unwrap_or('?')
+                ));
             }
         }
         Ok(ids)
@@ -182,12 +241,17 @@ impl Tok {
     /// Whether this looks like a [`Tok::char_level`] tokenizer (BPE without merges, no pre-tokenizer).
     fn is_char_level(&self) -> bool {
         self.inner.get_pre_tokenizer().is_none()
-            && matches!(self.inner.get_decoder(), Some(tokenizers::DecoderWrapper::Fuse(_)))
+            && matches!(
+                self.inner.get_decoder(),
+                Some(tokenizers::DecoderWrapper::Fuse(_))
+            )
     }
 
     /// The `tokenizer.json` text.
     pub fn to_json(&self) -> Result<String> {
-        self.inner.to_string(false).map_err(|e| input_err!("cannot serialise tokenizer: {e}"))
+        self.inner
+            .to_string(false)
+            .map_err(|e| input_err!("cannot serialise tokenizer: {e}"))
     }
 
     /// Writes `tokenizer.json` to `path` atomically.
@@ -200,4 +264,3 @@ impl Tok {
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
-

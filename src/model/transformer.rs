@@ -11,13 +11,18 @@
 //! Positions are per row: the running count of real tokens minus one (clamped at 0), so left and right padding give
 //! the same numbers for the real tokens as the unpadded sequence (HF with `position_ids` derived from the mask).
 
+use super::attention::{self, AttnDims};
 use super::config::RopeFreqs;
 use super::Config;
-use candle_core::{DType, Device, Tensor, D};
+use crate::ops;
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// Additive mask value for disallowed attention: finite so fully masked (pad) rows give no NaN.
 const MASK_NEG: f64 = -1e9;
+
+/// Row count up to which the generation path uses the transposed product in [`Linear::forward_gen`].
+const SMALL_ROWS: usize = 64;
 
 /// A linear map `y = x Wᵀ + b` with HF layout (`weight` is `(out, in)`).
 #[derive(Clone)]
@@ -27,19 +32,67 @@ struct Linear {
 }
 
 impl Linear {
-    fn new(vb: &VarBuilder, name: &str, out_dim: usize, in_dim: usize, bias: bool, std: f64) -> crate::Result<Self> {
+    fn new(
+        vb: &VarBuilder,
+        name: &str,
+        out_dim: usize,
+        in_dim: usize,
+        bias: bool,
+        std: f64,
+    ) -> crate::Result<Self> {
         let vb = vb.pp(name);
-        let w = vb.get_with_hints((out_dim, in_dim), "weight", Init::Randn { mean: 0.0, stdev: std })?;
-        let b = if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
+        let w = vb.get_with_hints(
+            (out_dim, in_dim),
+            "weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+        )?;
+        let b = if bias {
+            Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
         Ok(Self { w, b })
     }
 
     fn detached(&self) -> Self {
-        Self { w: self.w.detach(), b: self.b.as_ref().map(|b| b.detach()) }
+        Self {
+            w: self.w.detach(),
+            b: self.b.as_ref().map(|b| b.detach()),
+        }
+    }
+
+    /// No-grad application for generation: for few rows (decode steps) computes `(W xᵀ)ᵀ`, which candle's gemm
+    /// runs about twice as fast as `x Wᵀ` when `x` has only a handful of rows (measured in `examples/model_mb.rs`).
+    fn forward_gen(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let n: usize = dims[..dims.len() - 1].iter().product();
+        if n > SMALL_ROWS || !x.device().is_cpu() {
+            return self.forward(x);
+        }
+        let xt = x.reshape((n, in_dim))?.t()?.contiguous()?;
+        let mut y = self.w.matmul(&xt)?.t()?.contiguous()?;
+        if let Some(b) = &self.b {
+            y = y.broadcast_add(b)?;
+        }
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.w.dim(0)?;
+        y.reshape(out_dims)
     }
 
     /// Applies to the last dimension of `x` (any rank ≥ 2).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.rank() == 2 {
+            let y = x.matmul(&self.w.t()?)?;
+            return match &self.b {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            };
+        }
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let n: usize = dims[..dims.len() - 1].iter().product();
@@ -112,7 +165,11 @@ impl Weights {
 
 /// `x (…, in) · Wᵀ` for `W (out, in)`, any rank of `x`.
 fn matmul_last(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    Linear { w: w.clone(), b: None }.forward(x)
+    Linear {
+        w: w.clone(),
+        b: None,
+    }
+    .forward(x)
 }
 
 /// A Llama/Qwen2 decoder with HF parameter names.
@@ -123,6 +180,7 @@ pub struct Transformer {
     rope: RopeFreqs,
     dtype: DType,
     device: Device,
+    reference_ops: bool,
 }
 
 /// Per-layer key/value cache for batched generation: preallocated `(B, kv_heads, capacity, head_dim)` buffers.
@@ -148,7 +206,13 @@ impl KvCache {
             k.push(Tensor::zeros(shape, model.dtype, &model.device)?);
             v.push(Tensor::zeros(shape, model.dtype, &model.device)?);
         }
-        Ok(Self { k, v, len: 0, capacity, batch })
+        Ok(Self {
+            k,
+            v,
+            len: 0,
+            capacity,
+            batch,
+        })
     }
 
     /// Number of token slots filled so far (per row).
@@ -184,42 +248,6 @@ pub fn positions_from_mask(mask: &[Vec<f32>]) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// RMSNorm from differentiable ops, computed in the input dtype: `x / sqrt(mean(x²) + eps) * w`.
-fn rms_norm_diff(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let r = (ms + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&r)?.broadcast_mul(w)
-}
-
-/// Softmax over the last dimension from differentiable ops (the max shift is detached: softmax is shift-invariant).
-pub(crate) fn softmax_diff(x: &Tensor) -> candle_core::Result<Tensor> {
-    let m = x.detach().max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&m)?.exp()?;
-    let s = e.sum_keepdim(D::Minus1)?;
-    e.broadcast_div(&s)
-}
-
-/// Log-softmax over the last dimension from differentiable ops (detached max shift).
-pub(crate) fn log_softmax_diff(x: &Tensor) -> candle_core::Result<Tensor> {
-    let m = x.detach().max_keepdim(D::Minus1)?;
-    let xs = x.broadcast_sub(&m)?;
-    let lse = xs.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    xs.broadcast_sub(&lse)
-}
-
-/// HF `rotate_half`: `cat(-x2, x1)` over the last dimension.
-fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-    Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
-}
-
-/// `x·cos + rotate_half(x)·sin` with `cos`/`sin` broadcast against `x`.
-fn rope_diff(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    x.broadcast_mul(cos)?.add(&rotate_half(x)?.broadcast_mul(sin)?)
-}
-
 impl Transformer {
     /// Creates the parameters (HF names) through `vb`.
     ///
@@ -234,12 +262,21 @@ impl Transformer {
                 c.hidden_act
             ));
         }
-        if c.num_attention_heads == 0 || c.num_hidden_layers == 0 || c.vocab_size == 0 || c.hidden_size == 0 {
+        if c.num_attention_heads == 0
+            || c.num_hidden_layers == 0
+            || c.vocab_size == 0
+            || c.hidden_size == 0
+        {
             return Err(crate::input_err!(
                 "config.json: vocab_size, hidden_size, num_hidden_layers and num_attention_heads must be positive"
             ));
         }
-        let (nh, nkv, hd, d) = (c.num_attention_heads, c.num_kv_heads(), c.head_dim(), c.hidden_size);
+        let (nh, nkv, hd, d) = (
+            c.num_attention_heads,
+            c.num_kv_heads(),
+            c.head_dim(),
+            c.hidden_size,
+        );
         if nkv == 0 || nh % nkv != 0 {
             return Err(crate::input_err!(
                 "config.json: num_attention_heads {nh} is not a multiple of num_key_value_heads {nkv}"
@@ -253,7 +290,14 @@ impl Transformer {
         let mlp_bias = c.mlp_bias.unwrap_or(false);
         let ones = Init::Const(1.0);
         let vm = vb.pp("model");
-        let embed = vm.get_with_hints((c.vocab_size, d), "embed_tokens.weight", Init::Randn { mean: 0.0, stdev: std })?;
+        let embed = vm.get_with_hints(
+            (c.vocab_size, d),
+            "embed_tokens.weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+        )?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let vl = vm.pp(format!("layers.{i}"));
@@ -265,7 +309,11 @@ impl Transformer {
                 k: Linear::new(&va, "k_proj", nkv * hd, d, qkv_bias, std)?,
                 v: Linear::new(&va, "v_proj", nkv * hd, d, qkv_bias, std)?,
                 o: Linear::new(&va, "o_proj", d, nh * hd, o_bias, std)?,
-                post_attention_layernorm: vl.get_with_hints(d, "post_attention_layernorm.weight", ones)?,
+                post_attention_layernorm: vl.get_with_hints(
+                    d,
+                    "post_attention_layernorm.weight",
+                    ones,
+                )?,
                 gate: Linear::new(&vmlp, "gate_proj", c.intermediate_size, d, mlp_bias, std)?,
                 up: Linear::new(&vmlp, "up_proj", c.intermediate_size, d, mlp_bias, std)?,
                 down: Linear::new(&vmlp, "down_proj", d, c.intermediate_size, mlp_bias, std)?,
@@ -275,15 +323,39 @@ impl Transformer {
         let lm_head = if c.tie_word_embeddings {
             embed.clone()
         } else {
-            vb.get_with_hints((c.vocab_size, d), "lm_head.weight", Init::Randn { mean: 0.0, stdev: std })?
+            vb.get_with_hints(
+                (c.vocab_size, d),
+                "lm_head.weight",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: std,
+                },
+            )?
         };
         Ok(Self {
             config: c.clone(),
-            w: Weights { embed, layers, norm, lm_head },
+            w: Weights {
+                embed,
+                layers,
+                norm,
+                lm_head,
+            },
             rope,
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            reference_ops: false,
         })
+    }
+
+    /// Uses candle's composed differentiable ops (`ops::composed_*`) instead of the fused `crate::ops` kernels on
+    /// the training path: the slow reference, for tests and `luspo bench --composed`.
+    pub fn set_reference_ops(&mut self, on: bool) {
+        self.reference_ops = on;
+    }
+
+    /// Whether the training path uses the composed reference ops.
+    pub fn reference_ops(&self) -> bool {
+        self.reference_ops
     }
 
     /// The dtype of the parameters.
@@ -326,12 +398,24 @@ impl Transformer {
     }
 
     /// A host f64 buffer as a tensor of the model dtype.
-    fn host_tensor<S: Into<candle_core::Shape>>(&self, data: Vec<f64>, shape: S) -> candle_core::Result<Tensor> {
+    fn host_tensor<S: Into<candle_core::Shape>>(
+        &self,
+        data: Vec<f64>,
+        shape: S,
+    ) -> candle_core::Result<Tensor> {
         match self.dtype {
             DType::F64 => Tensor::from_vec(data, shape, &self.device),
-            DType::F32 => Tensor::from_vec(data.into_iter().map(|x| x as f32).collect::<Vec<_>>(), shape, &self.device),
-            dt => Tensor::from_vec(data.into_iter().map(|x| x as f32).collect::<Vec<_>>(), shape, &self.device)?
-                .to_dtype(dt),
+            DType::F32 => Tensor::from_vec(
+                data.into_iter().map(|x| x as f32).collect::<Vec<_>>(),
+                shape,
+                &self.device,
+            ),
+            dt => Tensor::from_vec(
+                data.into_iter().map(|x| x as f32).collect::<Vec<_>>(),
+                shape,
+                &self.device,
+            )?
+            .to_dtype(dt),
         }
     }
 
@@ -339,18 +423,26 @@ impl Transformer {
     fn mask_host(mask: &Tensor, b: usize, t: usize, what: &str) -> crate::Result<Vec<Vec<f32>>> {
         let dims = mask.dims();
         if dims != [b, t] {
-            return Err(crate::input_err!("{what}: shape {dims:?} does not match the ids' ({b}, {t})"));
+            return Err(crate::input_err!(
+                "{what}: shape {dims:?} does not match the ids' ({b}, {t})"
+            ));
         }
         Ok(mask.to_dtype(DType::F32)?.to_vec2::<f32>()?)
     }
 
     /// Checks `(B,T)` u32 ids against the vocabulary.
     fn check_ids(&self, ids: &Tensor) -> crate::Result<(usize, usize)> {
-        let (b, t) = ids
-            .dims2()
-            .map_err(|_| crate::input_err!("ids: expected a (batch, time) tensor, got shape {:?}", ids.dims()))?;
+        let (b, t) = ids.dims2().map_err(|_| {
+            crate::input_err!(
+                "ids: expected a (batch, time) tensor, got shape {:?}",
+                ids.dims()
+            )
+        })?;
         if ids.dtype() != DType::U32 {
-            return Err(crate::input_err!("ids: expected dtype u32, got {:?}", ids.dtype()));
+            return Err(crate::input_err!(
+                "ids: expected dtype u32, got {:?}",
+                ids.dtype()
+            ));
         }
         if b * t > 0 {
             let max = ids.flatten_all()?.max(0)?.to_scalar::<u32>()?;
@@ -384,7 +476,11 @@ impl Transformer {
     }
 
     /// Final hidden states without an autograd graph.
-    pub fn hidden_states_no_grad(&self, ids: &Tensor, attention_mask: &Tensor) -> crate::Result<Tensor> {
+    pub fn hidden_states_no_grad(
+        &self,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> crate::Result<Tensor> {
         self.hidden_diff(&self.w.detached(), ids, attention_mask)
     }
 
@@ -398,7 +494,12 @@ impl Transformer {
         Ok(matmul_last(&hidden.detach(), &self.w.lm_head.detach())?)
     }
 
-    fn hidden_diff(&self, w: &Weights, ids: &Tensor, attention_mask: &Tensor) -> crate::Result<Tensor> {
+    fn hidden_diff(
+        &self,
+        w: &Weights,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> crate::Result<Tensor> {
         let c = &self.config;
         let (b, t) = self.check_ids(ids)?;
         let mask = Self::mask_host(attention_mask, b, t, "attention_mask")?;
@@ -407,20 +508,30 @@ impl Transformer {
         let (cos_h, sin_h) = self.rope_host(&flat);
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_kv_heads(), c.head_dim());
         let half = hd / 2;
-        // Full-width tables (B,1,T,hd) = cat(c, c); the query tables carry the 1/sqrt(hd) attention scale.
-        let full = |src: &[f64], scale: f64| -> Vec<f64> {
+        // Full-width tables (B,T,hd) = cat(c, c), the layout of `ops::rope`.
+        let full = |src: &[f64]| -> Vec<f64> {
             let mut out = Vec::with_capacity(src.len() * 2);
             for chunk in src.chunks(half) {
-                out.extend(chunk.iter().map(|x| x * scale));
-                out.extend(chunk.iter().map(|x| x * scale));
+                out.extend_from_slice(chunk);
+                out.extend_from_slice(chunk);
             }
             out
         };
         let scale = 1.0 / (hd as f64).sqrt();
-        let cos_k = self.host_tensor(full(&cos_h, 1.0), (b, 1, t, hd))?;
-        let sin_k = self.host_tensor(full(&sin_h, 1.0), (b, 1, t, hd))?;
-        let cos_q = self.host_tensor(full(&cos_h, scale), (b, 1, t, hd))?;
-        let sin_q = self.host_tensor(full(&sin_h, scale), (b, 1, t, hd))?;
+        let r = self.reference_ops;
+        // The fused attention node (CPU): half-width tables as candle's rope wants them.
+        let fused_attn = !r && self.device.is_cpu();
+        let (cos, sin) = if fused_attn {
+            (
+                self.host_tensor(cos_h, (b, t, half))?,
+                self.host_tensor(sin_h, (b, t, half))?,
+            )
+        } else {
+            (
+                self.host_tensor(full(&cos_h), (b, t, hd))?,
+                self.host_tensor(full(&sin_h), (b, t, hd))?,
+            )
+        };
         // Causal + key-padding additive mask (B,1,T,T).
         let mut bias = vec![0f64; b * t * t];
         for (bi, row) in mask.iter().enumerate() {
@@ -436,25 +547,57 @@ impl Transformer {
         let bias = self.host_tensor(bias, (b, 1, t, t))?;
         let rep = nh / nkv;
         let eps = c.rms_norm_eps;
-        let mut x = w.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c.hidden_size))?;
+        let norm = |x: &Tensor, wt: &Tensor| {
+            if r {
+                ops::composed_rms_norm(x, wt, eps)
+            } else {
+                ops::rms_norm(x, wt, eps)
+            }
+        };
+        let rope = |x: &Tensor| {
+            if r {
+                ops::composed_rope(x, &cos, &sin)
+            } else {
+                ops::rope(x, &cos, &sin)
+            }
+        };
+        let dims = AttnDims { b, t, nh, nkv, hd };
+        // Activations stay 2-D (B·T, d): no reshape nodes around the linear layers.
+        let mut x = w.embed.index_select(&ids.flatten_all()?, 0)?;
         for l in &w.layers {
-            let h = rms_norm_diff(&x, &l.input_layernorm, eps)?;
-            let q = l.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-            let k = l.k.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-            let v = l.v.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let q = rope_diff(&q, &cos_q, &sin_q)?; // contiguous (B,H,T,hd), already scaled
-            let k = rope_diff(&k, &cos_k, &sin_k)?;
-            let scores = q.reshape((b, nkv, rep * t, hd))?.matmul(&k.t()?)?;
-            let scores = scores.reshape((b, nh, t, t))?.broadcast_add(&bias)?;
-            let p = softmax_diff(&scores)?;
-            let o = p.reshape((b, nkv, rep * t, t))?.matmul(&v)?;
-            let o = o.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+            let h = norm(&x, &l.input_layernorm)?;
+            let (q, k, v) = (l.q.forward(&h)?, l.k.forward(&h)?, l.v.forward(&h)?);
+            let o = if fused_attn {
+                attention::attention(&q, &k, &v, &cos, &sin, &bias, dims, scale)?
+            } else {
+                let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?;
+                let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+                let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+                let q = rope(&q)?; // contiguous (B,H,T,hd)
+                let k = rope(&k)?;
+                let scores = q.reshape((b, nkv, rep * t, hd))?.matmul(&k.t()?)?;
+                let scores = scores.reshape((b, nh, t, t))?;
+                let p = if r {
+                    ops::composed_scaled_masked_softmax(&scores, scale, &bias)?
+                } else {
+                    ops::scaled_masked_softmax(&scores, scale, &bias)?
+                };
+                let o = p.reshape((b, nkv, rep * t, t))?.matmul(&v)?;
+                o.reshape((b, nh, t, hd))?
+                    .transpose(1, 2)?
+                    .reshape((b * t, nh * hd))?
+            };
             x = (x + l.o.forward(&o)?)?;
-            let h = rms_norm_diff(&x, &l.post_attention_layernorm, eps)?;
-            let m = (l.gate.forward(&h)?.silu()? * l.up.forward(&h)?)?;
+            let h = norm(&x, &l.post_attention_layernorm)?;
+            let (g, u) = (l.gate.forward(&h)?, l.up.forward(&h)?);
+            let m = if r {
+                ops::composed_silu_mul(&g, &u)?
+            } else {
+                ops::silu_mul(&g, &u)?
+            };
             x = (x + l.down.forward(&m)?)?;
         }
-        Ok(rms_norm_diff(&x, &w.norm, eps)?)
+        Ok(norm(&x, &w.norm)?.reshape((b, t, c.hidden_size))?)
     }
 
     /// Cached, no-grad forward for generation.
@@ -478,7 +621,10 @@ impl Transformer {
         let c = &self.config;
         let (b, t) = self.check_ids(ids)?;
         if cache.batch != b {
-            return Err(crate::input_err!("forward_cached: cache was made for {} rows, ids have {b}", cache.batch));
+            return Err(crate::input_err!(
+                "forward_cached: cache was made for {} rows, ids have {b}",
+                cache.batch
+            ));
         }
         let past = cache.len;
         let total = past + t;
@@ -489,7 +635,10 @@ impl Transformer {
             ));
         }
         if positions.dims() != [b, t] {
-            return Err(crate::input_err!("positions: shape {:?} does not match the ids' ({b}, {t})", positions.dims()));
+            return Err(crate::input_err!(
+                "positions: shape {:?} does not match the ids' ({b}, {t})",
+                positions.dims()
+            ));
         }
         let pos: Vec<u32> = positions.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
         let kmask = Self::mask_host(key_mask, b, total, "key_mask")?;
@@ -516,17 +665,32 @@ impl Transformer {
         let eps = c.rms_norm_eps;
         let norm = |x: &Tensor, wt: &Tensor| -> candle_core::Result<Tensor> {
             if self.dtype == DType::F64 {
-                rms_norm_diff(x, wt, eps)
+                ops::rms_norm(x, wt, eps).map_err(|e| candle_core::Error::Msg(e.to_string()))
             } else {
                 candle_nn::ops::rms_norm(x, wt, eps as f32)
             }
         };
-        let mut x = w.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c.hidden_size))?;
+        let mut x = w
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, c.hidden_size))?;
         for (li, l) in w.layers.iter().enumerate() {
             let h = norm(&x, &l.input_layernorm)?;
-            let q = l.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = l.k.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = l.v.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let q =
+                l.q.forward_gen(&h)?
+                    .reshape((b, t, nh, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?;
+            let k =
+                l.k.forward_gen(&h)?
+                    .reshape((b, t, nkv, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?;
+            let v =
+                l.v.forward_gen(&h)?
+                    .reshape((b, t, nkv, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?;
             let q = (candle_nn::rotary_emb::rope(&q, &cos, &sin)? * scale)?;
             let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
             cache.k[li].slice_set(&k, 2, past)?;
@@ -537,16 +701,23 @@ impl Transformer {
             let scores = scores.reshape((b, nh, t, total))?.broadcast_add(&bias)?;
             let p = candle_nn::ops::softmax_last_dim(&scores)?;
             let o = p.reshape((b, nkv, rep * t, total))?.matmul(&v_all)?;
-            let o = o.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-            x = (x + l.o.forward(&o)?)?;
+            let o = o
+                .reshape((b, nh, t, hd))?
+                .transpose(1, 2)?
+                .reshape((b, t, nh * hd))?;
+            x = (x + l.o.forward_gen(&o)?)?;
             let h = norm(&x, &l.post_attention_layernorm)?;
-            let m = (l.gate.forward(&h)?.silu()? * l.up.forward(&h)?)?;
-            x = (x + l.down.forward(&m)?)?;
+            let m = (l.gate.forward_gen(&h)?.silu()? * l.up.forward_gen(&h)?)?;
+            x = (x + l.down.forward_gen(&m)?)?;
         }
         cache.len = total;
         let x = if last_only { x.narrow(1, t - 1, 1)? } else { x };
         let x = norm(&x.contiguous()?, &w.norm)?;
-        Ok(w.lm_head_apply(&x)?)
+        Ok(Linear {
+            w: w.lm_head.clone(),
+            b: None,
+        }
+        .forward_gen(&x)?)
     }
 
     /// Re-initialises every parameter in `varmap` deterministically from `seed`, as HF does: normal(0,
@@ -557,11 +728,14 @@ impl Transformer {
         use rand::{Rng, SeedableRng};
         let std = self.config.initializer_range();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let data = varmap.data().lock().map_err(|_| crate::input_err!("init_weights: the VarMap lock is poisoned"))?;
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| crate::input_err!("init_weights: the VarMap lock is poisoned"))?;
         for (name, t) in self.named_parameters() {
-            let var = data
-                .get(&name)
-                .ok_or_else(|| crate::input_err!("init_weights: parameter `{name}` is not in the VarMap"))?;
+            let var = data.get(&name).ok_or_else(|| {
+                crate::input_err!("init_weights: parameter `{name}` is not in the VarMap")
+            })?;
             let n = t.elem_count();
             let values: Vec<f64> = if name.ends_with("norm.weight") {
                 vec![1.0; n]
@@ -589,7 +763,10 @@ impl Transformer {
 
     /// Every parameter tensor with its HF name (the LM head is listed only when untied).
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.w.embed.clone())];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.w.embed.clone(),
+        )];
         let lin = |out: &mut Vec<(String, Tensor)>, p: &str, l: &Linear| {
             out.push((format!("{p}.weight"), l.w.clone()));
             if let Some(b) = &l.b {
@@ -598,12 +775,18 @@ impl Transformer {
         };
         for (i, l) in self.w.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.clone()));
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                l.input_layernorm.clone(),
+            ));
             lin(&mut out, &format!("{p}.self_attn.q_proj"), &l.q);
             lin(&mut out, &format!("{p}.self_attn.k_proj"), &l.k);
             lin(&mut out, &format!("{p}.self_attn.v_proj"), &l.v);
             lin(&mut out, &format!("{p}.self_attn.o_proj"), &l.o);
-            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm.clone()));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_attention_layernorm.clone(),
+            ));
             lin(&mut out, &format!("{p}.mlp.gate_proj"), &l.gate);
             lin(&mut out, &format!("{p}.mlp.up_proj"), &l.up);
             lin(&mut out, &format!("{p}.mlp.down_proj"), &l.down);

@@ -55,10 +55,14 @@ pub fn tiny_model(config: &Config, dtype: DType, seed: u64) -> (Transformer, Var
 
 /// Deterministic pseudo-random token ids in `0..vocab`.
 pub fn ids(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
-    let mut x = salt.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = salt
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((x >> 33) % vocab as u64) as u32
         })
         .collect()
