@@ -5,6 +5,7 @@
 
 pub mod advantage;
 pub mod cli;
+pub mod compare;
 pub mod error;
 pub mod metrics;
 pub mod model;

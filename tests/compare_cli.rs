@@ -1,0 +1,224 @@
+//! `luspo compare`: config layering per objective, one shared warm start, same prompts for every objective,
+//! compare.json / plots / report written, and one-line errors for bad arguments.
+
+use luspo::compare::plan;
+use luspo::metrics::{EvalRecord, RolloutRecord, Summary};
+use luspo::train::files::read_jsonl;
+use std::path::Path;
+use std::process::Command;
+
+/// A comparison that takes seconds: 1-layer d=32 model, 40 SFT steps, 2 prompts × 4 samples, 2 RL steps.
+fn tiny_sets(cache: &Path) -> Vec<String> {
+    [
+        "model.layers=1",
+        "model.hidden=32",
+        "model.heads=2",
+        "model.max_position=64",
+        "task.name=\"parity\"",
+        "task.n_bits_min=3",
+        "task.n_bits_max=5",
+        "task.eval_size=8",
+        "sft.steps=40",
+        "sft.batch_size=16",
+        "sft.lr=1e-2",
+        "rollout.prompts_per_step=2",
+        "rollout.group_size=4",
+        "rollout.max_new_tokens=12",
+        "train.steps=2",
+        "train.mini_batch_size=4",
+        "eval.every=1",
+        "optim.lr=3e-3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("sft.cache_dir={:?}", cache.display().to_string())])
+    .collect()
+}
+
+#[test]
+fn plan_layers_overrides_and_sets() {
+    let p = plan(None, &["objective.eps_high=0.5".to_string()], None, Some(2)).unwrap();
+    assert_eq!(p.objectives, vec!["grpo", "gspo", "luspo"]);
+    assert_eq!(p.seeds, vec![0, 1]);
+    assert_eq!(p.runs.len(), 6);
+    let names: Vec<&str> = p.runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["grpo-s0", "gspo-s0", "luspo-s0", "grpo-s1", "gspo-s1", "luspo-s1"]
+    );
+    for r in &p.runs {
+        assert_eq!(r.config.objective.name, r.objective);
+        assert_eq!(r.config.seed, r.seed);
+        let o = r.config.objective.resolved().unwrap();
+        // --set wins over the per-objective override of compare.toml.
+        assert_eq!(o.eps_high, 0.5);
+        // compare.toml: gspo runs with LUSPO's eps_low, grpo with Clip-Higher 0.2.
+        let want_low = if r.objective == "grpo" { 0.2 } else { 2e-3 };
+        assert_eq!(o.eps_low, want_low, "{}", r.name);
+        // Off-policy mini-batches: several optimizer steps per rollout batch.
+        assert!(r.config.optimizer_steps_per_rl_step() >= 2);
+    }
+    // Everything but the objective is identical between the runs of one seed.
+    let strip = |c: &luspo::train::RunConfig| {
+        let mut c = c.clone();
+        c.objective = luspo::objective::ObjectiveConfig::preset("x");
+        c.to_toml().unwrap()
+    };
+    assert_eq!(strip(&p.runs[0].config), strip(&p.runs[2].config));
+    assert_ne!(strip(&p.runs[0].config), strip(&p.runs[3].config));
+    let e = plan(None, &[], Some(&["grpo,foo".to_string()]), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown objective `foo`") && !e.contains('\n'),
+        "{e}"
+    );
+}
+
+#[test]
+fn compare_two_objectives_from_one_warm_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("cmp");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_luspo"));
+    c.args([
+        "compare",
+        "--objectives",
+        "grpo,luspo",
+        "--seeds",
+        "1",
+        "--jobs",
+        "2",
+        "--quiet",
+        "--out",
+    ])
+    .arg(&out);
+    for s in tiny_sets(&cache) {
+        c.arg("--set").arg(s);
+    }
+    let o = c.output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "stdout {stdout}\nstderr {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains("grpo") && stdout.contains("luspo"),
+        "{stdout}"
+    );
+
+    // One warm start in the cache, shared by both runs.
+    let cached: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+
+    let mut evals0 = vec![];
+    let mut prompts = vec![];
+    for name in ["grpo-s0", "luspo-s0"] {
+        let dir = out.join(name);
+        let s: Summary =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(s.steps, 2);
+        assert_eq!(s.objective, &name[..name.len() - 3]);
+        let evals: Vec<EvalRecord> = read_jsonl(&dir.join("eval.jsonl")).unwrap();
+        assert_eq!(
+            evals.iter().map(|e| e.step).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        evals0.push(serde_json::to_string(&evals[0]).unwrap());
+        let r: Vec<RolloutRecord> = read_jsonl(&dir.join("rollouts.jsonl")).unwrap();
+        assert_eq!(r.len(), 2 * 2 * 4);
+        prompts.push(
+            r.iter()
+                .map(|x| (x.step, x.prompt_id.clone()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    // Same warm start → the same step-0 evaluation; same data order → the same prompts at every step.
+    assert_eq!(evals0[0], evals0[1]);
+    assert_eq!(prompts[0], prompts[1]);
+
+    let cmp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
+    let runs = cmp["runs"].as_array().unwrap();
+    let objs: Vec<&str> = runs
+        .iter()
+        .map(|r| r["objective"].as_str().unwrap())
+        .collect();
+    assert_eq!(objs.len(), 2);
+    assert!(
+        objs.contains(&"grpo") && objs.contains(&"luspo"),
+        "{objs:?}"
+    );
+    assert_eq!(
+        runs[0]["eval_accuracy_before"],
+        runs[1]["eval_accuracy_before"]
+    );
+    assert_eq!(
+        runs[0]["eval_response_length_before"],
+        runs[1]["eval_response_length_before"]
+    );
+    for f in luspo::report::output_files(&out) {
+        assert!(f.exists(), "missing {}", f.display());
+    }
+    assert!(out.join("configs/grpo-s0.toml").exists() && out.join("logs/luspo-s0.log").exists());
+
+    // --resume keeps finished runs and only rewrites the report.
+    let mut r = Command::new(env!("CARGO_BIN_EXE_luspo"));
+    r.args([
+        "compare",
+        "--objectives",
+        "grpo,luspo",
+        "--seeds",
+        "1",
+        "--quiet",
+        "--resume",
+        "--out",
+    ])
+    .arg(&out);
+    for s in tiny_sets(&cache) {
+        r.arg("--set").arg(s);
+    }
+    let o = r.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let again: Vec<RolloutRecord> = read_jsonl(&out.join("grpo-s0/rollouts.jsonl")).unwrap();
+    assert_eq!(again.len(), 16);
+}
+
+fn one_line_error(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_luspo"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{args:?}");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+#[test]
+fn bad_arguments_exit_2_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x");
+    let o = out.to_str().unwrap();
+    let e = one_line_error(&["compare", "--objectives", "grpo,nope", "--out", o]);
+    assert!(
+        e.contains("unknown objective `nope`") && e.contains("luspo"),
+        "{e}"
+    );
+    let e = one_line_error(&["compare", "--objectives", "gspo,gspo", "--out", o]);
+    assert!(e.contains("twice"), "{e}");
+    let e = one_line_error(&["compare", "--seeds", "0", "--out", o]);
+    assert!(e.contains("--seeds"), "{e}");
+    let e = one_line_error(&["compare", "--set", "train.nope=1", "--out", o]);
+    assert!(e.contains("train.nope"), "{e}");
+    assert!(
+        !out.exists(),
+        "nothing is written before the arguments are checked"
+    );
+}
