@@ -153,7 +153,8 @@ fn every_shipped_config_parses() {
     let mut names = vec![];
     for entry in std::fs::read_dir(&dir).unwrap() {
         let p = entry.unwrap().path();
-        if p.extension().is_some_and(|e| e == "toml") {
+        // compare.toml is `luspo compare`'s embedded config (its own `[compare]` section; tested in compare_cli).
+        if p.extension().is_some_and(|e| e == "toml") && !p.ends_with("compare.toml") {
             let cfg =
                 RunConfig::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             let stem = p.file_stem().unwrap().to_string_lossy().to_string();
@@ -207,4 +208,20 @@ fn task_and_reward_keys_are_checked() {
         e,
         "--set objective.eps_lo=0.1: unknown key objective.eps_lo"
     );
+}
+
+/// A config naming another task starts its `[task]` section afresh (parity's style mix must not leak into it).
+#[test]
+fn another_task_replaces_the_task_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wp.toml");
+    std::fs::write(&path, "[task]\nname = \"wordproblem\"\n").unwrap();
+    let cfg = luspo::train::config::RunConfig::load(Some(&path), &[]).unwrap();
+    assert_eq!(cfg.task["name"].as_str(), Some("wordproblem"));
+    assert!(cfg.task.get("style_weights").is_none(), "{:?}", cfg.task);
+    // The same task keeps layering key by key.
+    std::fs::write(&path, "[task]\nname = \"parity\"\nn_bits_max = 9\n").unwrap();
+    let cfg = luspo::train::config::RunConfig::load(Some(&path), &[]).unwrap();
+    assert_eq!(cfg.task["n_bits_max"].as_integer(), Some(9));
+    assert_eq!(cfg.task["n_bits_min"].as_integer(), Some(4));
 }

@@ -550,8 +550,15 @@ fn parse_table(text: &str, origin: &str) -> Result<toml::Table> {
 }
 
 /// Deep-merges `over` into `base` (tables merge key by key; other values replace).
+///
+/// A layer that names a different task (`[task] name`) replaces the whole `[task]` section: the lower layer's
+/// knobs belong to its own task (e.g. parity's `style_weights` mean nothing to `wordproblem`).
 pub fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
+        if k == "task" && names_another_task(base.get(&k), &v) {
+            base.insert(k, v);
+            continue;
+        }
         match (base.get_mut(&k), v) {
             (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
             (_, v) => {
@@ -559,6 +566,14 @@ pub fn merge(base: &mut toml::Table, over: toml::Table) {
             }
         }
     }
+}
+
+/// Whether `over` (a `[task]` table) names a different task than `base`.
+fn names_another_task(base: Option<&toml::Value>, over: &toml::Value) -> bool {
+    fn name(v: Option<&toml::Value>) -> Option<&str> {
+        v.and_then(|t| t.get("name")).and_then(|n| n.as_str())
+    }
+    matches!((name(base), name(Some(over))), (Some(b), Some(o)) if b != o)
 }
 
 /// Applies `section.key=value` overrides (value parsed as TOML, else taken as a string).
