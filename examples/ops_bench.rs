@@ -411,7 +411,12 @@ fn train(steps: usize, modes: &[bool]) -> R<()> {
         };
         let mut gmax = 0f32;
         for (a, b) in outs[0].1.iter().zip(&outs[1].1) {
-            let scale = a.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1e-12);
+            let scale = a
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?
+                .max(1e-12);
             gmax = gmax.max(diff(a, b)? / scale);
         }
         println!(

@@ -107,8 +107,14 @@ pub fn parse_device(name: &str) -> Result<Device> {
                 Some(rest) => rest
                     .strip_prefix(':')
                     .and_then(|n| n.parse::<usize>().ok())
-                    .ok_or_else(|| input_err!("--device {name}: expected cpu, cuda, cuda:N or auto"))?,
-                None => return Err(input_err!("--device {name}: expected cpu, cuda, cuda:N or auto")),
+                    .ok_or_else(|| {
+                        input_err!("--device {name}: expected cpu, cuda, cuda:N or auto")
+                    })?,
+                None => {
+                    return Err(input_err!(
+                        "--device {name}: expected cpu, cuda, cuda:N or auto"
+                    ))
+                }
             };
             if !candle_core::utils::cuda_is_available() {
                 return Err(input_err!(
