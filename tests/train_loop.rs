@@ -271,7 +271,7 @@ fn mini_batches_kl_and_dynamic_sampling() {
     for step in 1..=2u64 {
         let recs: Vec<&RolloutRecord> = rs.iter().filter(|r| r.step == step).collect();
         assert!(
-            recs.len() % 4 == 0 && recs.len() >= 8 && recs.len() <= 24,
+            recs.len().is_multiple_of(4) && recs.len() >= 8 && recs.len() <= 24,
             "{}",
             recs.len()
         );

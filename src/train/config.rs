@@ -479,12 +479,12 @@ impl RunConfig {
             (self.checkpoint.keep >= 1, "checkpoint.keep", "must be ≥ 1"),
             (self.model.layers >= 1, "model.layers", "must be ≥ 1"),
             (
-                self.model.heads >= 1 && self.model.hidden % self.model.heads == 0,
+                self.model.heads >= 1 && self.model.hidden.is_multiple_of(self.model.heads),
                 "model.heads",
                 "must divide model.hidden",
             ),
             (
-                self.model.kv_heads == 0 || self.model.heads % self.model.kv_heads == 0,
+                self.model.kv_heads == 0 || self.model.heads.is_multiple_of(self.model.kv_heads),
                 "model.kv_heads",
                 "must divide model.heads",
             ),

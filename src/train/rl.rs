@@ -535,7 +535,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                     advantage: 0.0,
                     old_lp: vec![],
                     ref_lp: None,
-                    train: !(truncated && cfg.rollout.mask_truncated) && !c.ids.is_empty(),
+                    train: !(truncated && cfg.rollout.mask_truncated || c.ids.is_empty()),
                 });
             }
             let all_equal = rewards.iter().all(|&r| r == rewards[0]);
