@@ -320,9 +320,6 @@ impl Task for Countdown {
     fn sample_train(&self, rng: &mut TaskRng) -> Result<Problem> {
         draw_in_split(Split::Train, self.eval_fraction, rng, &|r| self.generate(r))
     }
-    fn styles(&self) -> Vec<String> {
-        self.mix.iter().map(|m| m.0.clone()).collect()
-    }
     fn style_mix(&self) -> Vec<(String, f64)> {
         self.mix.clone()
     }

@@ -310,9 +310,6 @@ impl Task for FileTask {
     fn sample_train(&self, rng: &mut TaskRng) -> Result<Problem> {
         Ok(self.train[rng.random_range(0..self.train.len())].clone())
     }
-    fn styles(&self) -> Vec<String> {
-        Vec::new()
-    }
     fn style_mix(&self) -> Vec<(String, f64)> {
         Vec::new()
     }

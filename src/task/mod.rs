@@ -202,8 +202,13 @@ pub trait Task: Send + Sync {
     fn problems(&self, split: Split, n: usize, seed: u64) -> Result<Vec<Problem>>;
     /// One fresh training problem.
     fn sample_train(&self, rng: &mut TaskRng) -> Result<Problem>;
-    /// The styles of worked solutions this task can write, shortest first (empty: no demos).
-    fn styles(&self) -> Vec<String>;
+    /// The styles of worked solutions this task can write, in `style_mix` order (empty: no demos).
+    fn styles(&self) -> Vec<String> {
+        self.style_mix()
+            .into_iter()
+            .map(|(style, _)| style)
+            .collect()
+    }
     /// A worked solution of `problem` in `style` (filler `.` inserted with `filler_prob` using `rng`).
     fn demo(&self, problem: &Problem, style: &str, rng: &mut TaskRng) -> Result<String>;
     /// The style a response's shape matches (`None` if it matches none, or the task has no styles).

@@ -92,6 +92,20 @@ struct Ctx<'a> {
     device: Device,
 }
 
+impl Ctx<'_> {
+    /// Held-out evaluation of the current policy after `step` RL steps.
+    fn evaluate(&self, set: &EvalSet, step: u64) -> Result<EvalRecord> {
+        evaluate(
+            self.cfg,
+            &self.policy,
+            self.task.as_ref(),
+            &self.reward,
+            set,
+            step,
+        )
+    }
+}
+
 fn prepare_dir(out: &Path, resume: bool) -> Result<()> {
     if !resume && out.join("metrics.jsonl").exists() {
         return Err(input_err!(
@@ -225,14 +239,7 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
     let wall = |state_start: Instant| wall_before + state_start.elapsed().as_secs_f64();
 
     if latest.is_none() {
-        let e = evaluate(
-            cfg,
-            &ctx.policy,
-            ctx.task.as_ref(),
-            &ctx.reward,
-            &eval_set,
-            0,
-        )?;
+        let e = ctx.evaluate(&eval_set, 0)?;
         eval_log.append(&e)?;
         eval_log.sync()?;
         if opts.mode != Mode::Quiet {
@@ -265,14 +272,7 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
         progress.step(&m);
         let every = cfg.eval.every;
         if state.step == cfg.train.steps || (every > 0 && state.step % every == 0) {
-            let e = evaluate(
-                cfg,
-                &ctx.policy,
-                ctx.task.as_ref(),
-                &ctx.reward,
-                &eval_set,
-                state.step,
-            )?;
+            let e = ctx.evaluate(&eval_set, state.step)?;
             eval_log.append(&e)?;
             progress.eval(&e);
             state.eval_last = Some(e);
@@ -340,14 +340,7 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
     let after = match &state.eval_last {
         Some(e) if e.step == state.step => e.clone(),
         _ => {
-            let e = evaluate(
-                cfg,
-                &ctx.policy,
-                ctx.task.as_ref(),
-                &ctx.reward,
-                &eval_set,
-                state.step,
-            )?;
+            let e = ctx.evaluate(&eval_set, state.step)?;
             eval_log.append(&e)?;
             eval_log.sync()?;
             e
