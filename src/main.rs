@@ -34,7 +34,8 @@ enum Command {
 fn main() {
     let args = Args::parse();
     luspo::ops::tune_malloc();
-    let result = match args.command {
+    luspo::ops::tune_candle_threads();
+    let result = in_compute_pool(|| match args.command {
         Command::Loss(a) => cli::loss::run(a),
         Command::Score(a) => cli::score::run(a),
         Command::Generate(a) => cli::generate::run(a),
@@ -43,9 +44,22 @@ fn main() {
         Command::Train(a) => cli::train::run(a),
         Command::Compare(a) => cli::compare::run(a),
         Command::Report(a) => cli::compare::run_report(a),
-    };
+    });
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(2);
+    }
+}
+
+/// Runs `f` on a worker of a rayon pool sized like candle's, so the thread that drives the model is one of the pool's
+/// threads: otherwise it runs beside all of the pool's workers, which spin after each parallel op and, on a machine
+/// with as many cores as workers, take CPU time from it.
+fn in_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(candle_core::utils::get_num_threads())
+        .build()
+    {
+        Ok(pool) => pool.install(f),
+        Err(_) => f(),
     }
 }

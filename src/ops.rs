@@ -24,8 +24,37 @@ use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType, D,
 };
 use num_traits::{Float, One, Zero};
+use rayon::prelude::*;
 
 type CResult<T> = candle_core::Result<T>;
+
+/// Elements of work per parallel block; smaller kernels run on the calling thread.
+const PAR_BLOCK_ELEMS: usize = 16 * 1024;
+
+/// Rows per parallel block for rows of `work_per_row` elements.
+fn block_rows(work_per_row: usize) -> usize {
+    (PAR_BLOCK_ELEMS / work_per_row.max(1)).max(1)
+}
+
+/// Runs `f(first_row, block)` over blocks of whole rows of `out` (`row_len` elements per row), in parallel on
+/// rayon's current pool when there is more than one block. Blocks depend only on the sizes, never on the thread
+/// count, so results are bitwise the same with any number of threads.
+fn par_row_blocks<O: Send>(
+    out: &mut [O],
+    row_len: usize,
+    work_per_row: usize,
+    f: impl Fn(usize, &mut [O]) + Sync + Send,
+) {
+    let rows = out.len().checked_div(row_len).unwrap_or(0);
+    let per = block_rows(work_per_row);
+    if rows <= per {
+        f(0, out);
+        return;
+    }
+    out.par_chunks_mut(per * row_len)
+        .enumerate()
+        .for_each(|(i, blk)| f(i * per, blk));
+}
 
 /// A float element type the CPU kernels run on (f32 or f64).
 trait Elem: Float + WithDType + std::ops::AddAssign + std::ops::MulAssign {
@@ -178,9 +207,11 @@ impl CustomOp1 for SoftmaxOp {
             let x = data::<T>(s, l, self.name())?;
             let mut y = vec![T::zero(); x.len()];
             if d > 0 {
-                for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-                    softmax_row(xr, None, yr);
-                }
+                par_row_blocks(&mut y, d, d, |r0, yb| {
+                    for (xr, yr) in x[r0 * d..].chunks_exact(d).zip(yb.chunks_exact_mut(d)) {
+                        softmax_row(xr, None, yr);
+                    }
+                });
             }
             Ok((T::to_cpu_storage_owned(y), l.shape().clone()))
         })
@@ -215,20 +246,23 @@ impl CustomOp2 for SoftmaxBwdOp {
             }
             let mut dx = vec![T::zero(); y.len()];
             if d > 0 {
-                for ((yr, gr), dr) in y.chunks_exact(d).zip(g.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
-                    let dot = sum2(yr, gr, |p, q| p * q);
-                    for ((o, &p), &q) in dr.iter_mut().zip(yr).zip(gr) {
-                        *o = p * (q - dot);
+                par_row_blocks(&mut dx, d, d, |r0, db| {
+                    let (y, g) = (&y[r0 * d..], &g[r0 * d..]);
+                    for ((yr, gr), dr) in y.chunks_exact(d).zip(g.chunks_exact(d)).zip(db.chunks_exact_mut(d)) {
+                        let dot = sum2(yr, gr, |p, q| p * q);
+                        for ((o, &p), &q) in dr.iter_mut().zip(yr).zip(gr) {
+                            *o = p * (q - dot);
+                        }
                     }
-                }
+                });
             }
             Ok((T::to_cpu_storage_owned(dx), l1.shape().clone()))
         })
     }
 }
 
-/// Softmax backward from the output `y` and upstream gradient `g` (device-generic).
-fn softmax_bwd(y: &Tensor, g: &Tensor) -> CResult<Tensor> {
+/// Softmax backward from the output `y` and upstream gradient `g` (device-generic, no graph).
+pub(crate) fn softmax_bwd(y: &Tensor, g: &Tensor) -> CResult<Tensor> {
     if y.device().is_cpu() {
         y.contiguous()?
             .apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBwdOp)
@@ -391,6 +425,14 @@ pub fn scaled_masked_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> crat
         .apply_op2(&mb, MaskedSoftmaxOp { scale })?)
 }
 
+/// No-grad `softmax(scores + mask)` on the CPU in one pass; `mask` is already broadcast to the scores' shape
+/// (leading strides may be 0, last dim contiguous). For the fused attention of `model::attention`.
+pub(crate) fn masked_softmax_no_grad(scores: &Tensor, mask: &Tensor) -> CResult<Tensor> {
+    scores
+        .contiguous()?
+        .apply_op2_no_bwd(mask, &MaskedSoftmaxOp { scale: 1.0 })
+}
+
 /// `md` with its last dim replaced by the scores' last dim.
 fn broadcast_last(md: &[usize], sd: &[usize]) -> Vec<usize> {
     let mut v = md.to_vec();
@@ -480,15 +522,17 @@ impl CustomOp2 for TokenLogprobOp {
             }
             let k = self.k();
             let mut out = vec![T::zero(); tg.len() * k];
-            let mut buf = vec![T::zero(); v];
-            for ((zr, &t), o) in z.chunks_exact(v).zip(tg).zip(out.chunks_exact_mut(k)) {
-                let (ls, mx, tt) = lse_row(zr, self.entropy, &mut buf);
-                o[0] = zr[t as usize] - mx - ls;
-                if self.entropy {
-                    o[1] = ls - tt;
+            par_row_blocks(&mut out, k, v, |r0, ob| {
+                let mut buf = vec![T::zero(); v];
+                for ((zr, &t), o) in z[r0 * v..].chunks_exact(v).zip(&tg[r0..]).zip(ob.chunks_exact_mut(k)) {
+                    let (ls, mx, tt) = lse_row(zr, self.entropy, &mut buf);
+                    o[0] = zr[t as usize] - mx - ls;
+                    if self.entropy {
+                        o[1] = ls - tt;
+                    }
+                    o[k - 1] = mx + ls;
                 }
-                o[k - 1] = mx + ls;
-            }
+            });
             Ok((T::to_cpu_storage_owned(out), self.out_shape(l2)))
         })
     }
@@ -565,8 +609,10 @@ impl CustomOp3 for TokenLogprobBwdOp {
                 bail!("{}: shape mismatch", self.name());
             }
             let mut dz = vec![T::zero(); z.len()];
+            par_row_blocks(&mut dz, v, v, |r0, db| {
+            let (z, tg, g) = (&z[r0 * v..], &tg[r0..], &g[r0 * 2 * k..]);
             for (((zr, &t), gr), dr) in
-                z.chunks_exact(v).zip(tg).zip(g.chunks_exact(2 * k)).zip(dz.chunks_exact_mut(v))
+                z.chunks_exact(v).zip(tg).zip(g.chunks_exact(2 * k)).zip(db.chunks_exact_mut(v))
             {
                 let gl = gr[0];
                 let lse = gr[2 * k - 1];
@@ -586,6 +632,7 @@ impl CustomOp3 for TokenLogprobBwdOp {
                 }
                 dr[t as usize] += gl;
             }
+            });
             Ok((T::to_cpu_storage_owned(dz), l1.shape().clone()))
         })
     }
@@ -692,13 +739,15 @@ impl CustomOp2 for RmsNormOp {
             let dn = <T as WithDType>::from_f64(d as f64);
             let mut y = vec![T::zero(); x.len()];
             if d > 0 {
-                for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-                    let ms = xr.iter().fold(T::zero(), |a, &b| a + b * b) / dn;
-                    let r = T::one() / (ms + eps).sqrt();
-                    for ((o, &a), &b) in yr.iter_mut().zip(xr).zip(w) {
-                        *o = a * r * b;
+                par_row_blocks(&mut y, d, d, |r0, yb| {
+                    for (xr, yr) in x[r0 * d..].chunks_exact(d).zip(yb.chunks_exact_mut(d)) {
+                        let ms = xr.iter().fold(T::zero(), |a, &b| a + b * b) / dn;
+                        let r = T::one() / (ms + eps).sqrt();
+                        for ((o, &a), &b) in yr.iter_mut().zip(xr).zip(w) {
+                            *o = a * r * b;
+                        }
                     }
-                }
+                });
             }
             Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
         })
@@ -757,27 +806,66 @@ impl CustomOp3 for RmsNormBwdOp {
             let mut out = vec![T::zero(); x.len() + d];
             if d > 0 {
                 let (dx, dw) = out.split_at_mut(x.len());
-                for ((xr, gr), dr) in x.chunks_exact(d).zip(g.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
-                    let ms = xr.iter().fold(T::zero(), |a, &b| a + b * b) / dn;
-                    let r = T::one() / (ms + eps).sqrt();
-                    // c = mean(g * w * n), n = x * r
-                    let mut c = T::zero();
-                    for ((&a, &b), &q) in xr.iter().zip(w).zip(gr) {
-                        c += q * b * a;
-                    }
-                    let c = c * r / dn;
-                    for (((o, &a), &b), (&q, dwj)) in
-                        dr.iter_mut().zip(xr).zip(w).zip(gr.iter().zip(dw.iter_mut()))
-                    {
-                        let n = a * r;
-                        *o = r * (q * b - n * c);
-                        *dwj += q * n;
+                // per-block partial dw, summed in block order (deterministic for any thread count)
+                let per = block_rows(d) * d;
+                let partials: Vec<Vec<T>> = dx
+                    .par_chunks_mut(per)
+                    .enumerate()
+                    .map(|(bi, db)| {
+                        let (x, g) = (&x[bi * per..], &g[bi * per..]);
+                        let mut pw = vec![T::zero(); d];
+                        for ((xr, gr), dr) in x.chunks_exact(d).zip(g.chunks_exact(d)).zip(db.chunks_exact_mut(d)) {
+                            let ms = xr.iter().fold(T::zero(), |a, &b| a + b * b) / dn;
+                            let r = T::one() / (ms + eps).sqrt();
+                            // c = mean(g * w * n), n = x * r
+                            let mut c = T::zero();
+                            for ((&a, &b), &q) in xr.iter().zip(w).zip(gr) {
+                                c += q * b * a;
+                            }
+                            let c = c * r / dn;
+                            for (((o, &a), &b), (&q, dwj)) in
+                                dr.iter_mut().zip(xr).zip(w).zip(gr.iter().zip(pw.iter_mut()))
+                            {
+                                let n = a * r;
+                                *o = r * (q * b - n * c);
+                                *dwj += q * n;
+                            }
+                        }
+                        pw
+                    })
+                    .collect();
+                for pw in partials {
+                    for (a, b) in dw.iter_mut().zip(pw) {
+                        *a += b;
                     }
                 }
             }
             Ok((T::to_cpu_storage_owned(out), Shape::from((rows + 1, d))))
         })
     }
+}
+
+/// No-grad RMSNorm of contiguous rows (the kernel of [`rms_norm`]), for the fused decoder layer.
+pub(crate) fn rms_norm_no_grad(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
+    x.contiguous()?.apply_op2_no_bwd(w, &RmsNormOp { eps })
+}
+
+/// No-grad RMSNorm backward: `(dx, dw)` for upstream `g` (the backward kernel of [`rms_norm`]).
+pub(crate) fn rms_norm_bwd_no_grad(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    eps: f64,
+) -> CResult<(Tensor, Tensor)> {
+    let d = x.dim(D::Minus1)?;
+    let rows = x.elem_count() / d.max(1);
+    let both = x
+        .contiguous()?
+        .apply_op3_no_bwd(w, &g.contiguous()?, &RmsNormBwdOp { eps })?;
+    Ok((
+        both.narrow(0, 0, rows)?.reshape(x.shape())?,
+        both.narrow(0, rows, 1)?.reshape(w.shape())?,
+    ))
 }
 
 /// Composed (reference) RMSNorm: candle's differentiable `rms_norm_slow` semantics in f32/f64.
@@ -827,11 +915,12 @@ impl CustomOp2 for SiluMulOp {
             if a.len() != b.len() {
                 bail!("{}: shape mismatch", self.name());
             }
-            let y: Vec<T> = a
-                .iter()
-                .zip(b)
-                .map(|(&x, &u)| x / (T::one() + (-x).fexp()) * u)
-                .collect();
+            let mut y = vec![T::zero(); a.len()];
+            par_row_blocks(&mut y, 1, 1, |i0, yb| {
+                for ((o, &x), &u) in yb.iter_mut().zip(&a[i0..]).zip(&b[i0..]) {
+                    *o = x / (T::one() + (-x).fexp()) * u;
+                }
+            });
             Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
         })
     }
@@ -878,16 +967,110 @@ impl CustomOp3 for SiluMulBwdOp {
             }
             let mut out = vec![T::zero(); 2 * n];
             let (dg, du) = out.split_at_mut(n);
-            for i in 0..n {
-                let x = a[i];
-                let s = T::one() / (T::one() + (-x).fexp());
-                let silu = x * s;
-                dg[i] = g[i] * b[i] * s * (T::one() + x * (T::one() - s));
-                du[i] = g[i] * silu;
-            }
+            let per = PAR_BLOCK_ELEMS;
+            dg.par_chunks_mut(per).zip(du.par_chunks_mut(per)).enumerate().for_each(|(bi, (dgb, dub))| {
+                let o = bi * per;
+                for i in 0..dgb.len() {
+                    let x = a[o + i];
+                    let s = T::one() / (T::one() + (-x).fexp());
+                    let silu = x * s;
+                    dgb[i] = g[o + i] * b[o + i] * s * (T::one() + x * (T::one() - s));
+                    dub[i] = g[o + i] * silu;
+                }
+            });
             Ok((T::to_cpu_storage_owned(out), Shape::from(2 * n)))
         })
     }
+}
+
+/// No-grad SwiGLU of packed rows: `gu (N, 2F)` = `[gate | up]` per row → `silu(gate) * up (N, F)`.
+struct PackedSwigluOp;
+
+/// `silu(x)` and its sigmoid.
+#[inline(always)]
+fn silu_sig<T: Elem>(x: T) -> (T, T) {
+    let s = T::one() / (T::one() + (-x).fexp());
+    (x * s, s)
+}
+
+impl CustomOp1 for PackedSwigluOp {
+    fn name(&self) -> &'static str {
+        "luspo-swiglu-packed"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let (n, f2) = l.shape().dims2()?;
+        let f = f2 / 2;
+        float_dispatch!(s.dtype(), self.name(), T => {
+            let gu = data::<T>(s, l, self.name())?;
+            let mut m = vec![T::zero(); n * f];
+            if f > 0 {
+                par_row_blocks(&mut m, f, f2, |r0, mb| {
+                    for (gr, mr) in gu[r0 * f2..].chunks_exact(f2).zip(mb.chunks_exact_mut(f)) {
+                        let (g, u) = gr.split_at(f);
+                        for ((o, &x), &y) in mr.iter_mut().zip(g).zip(u) {
+                            *o = silu_sig(x).0 * y;
+                        }
+                    }
+                });
+            }
+            Ok((T::to_cpu_storage_owned(m), Shape::from((n, f))))
+        })
+    }
+}
+
+/// No-grad backward of [`PackedSwigluOp`]: `(gu (N, 2F), dm (N, F))` → `dgu (N, 2F)`.
+struct PackedSwigluBwdOp;
+
+impl CustomOp2 for PackedSwigluBwdOp {
+    fn name(&self) -> &'static str {
+        "luspo-swiglu-packed-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (n, f2) = l1.shape().dims2()?;
+        let f = f2 / 2;
+        if l2.dims() != [n, f] {
+            bail!("{}: shape mismatch", self.name());
+        }
+        float_dispatch!(s1.dtype(), self.name(), T => {
+            let gu = data::<T>(s1, l1, self.name())?;
+            let dm = data::<T>(s2, l2, self.name())?;
+            let mut out = vec![T::zero(); n * f2];
+            if f > 0 {
+                par_row_blocks(&mut out, f2, f2, |r0, ob| {
+                    let rows = gu[r0 * f2..].chunks_exact(f2).zip(dm[r0 * f..].chunks_exact(f));
+                    for ((gr, dr), or) in rows.zip(ob.chunks_exact_mut(f2)) {
+                        let (g, u) = gr.split_at(f);
+                        let (dg, du) = or.split_at_mut(f);
+                        for j in 0..f {
+                            let (silu, sg) = silu_sig(g[j]);
+                            dg[j] = dr[j] * u[j] * sg * (T::one() + g[j] * (T::one() - sg));
+                            du[j] = dr[j] * silu;
+                        }
+                    }
+                });
+            }
+            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+        })
+    }
+}
+
+/// No-grad `silu(gate) * up` on packed `(N, 2F)` rows `[gate | up]`, for the fused decoder layer.
+pub(crate) fn swiglu_packed_no_grad(gu: &Tensor) -> CResult<Tensor> {
+    gu.contiguous()?.apply_op1_no_bwd(&PackedSwigluOp)
+}
+
+/// No-grad gradient of [`swiglu_packed_no_grad`] w.r.t. its packed input, for upstream `dm (N, F)`.
+pub(crate) fn swiglu_packed_bwd_no_grad(gu: &Tensor, dm: &Tensor) -> CResult<Tensor> {
+    gu.contiguous()?
+        .apply_op2_no_bwd(&dm.contiguous()?, &PackedSwigluBwdOp)
 }
 
 /// Composed (reference) `silu(gate) * up` with candle ops.
@@ -1029,6 +1212,17 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> crate::Result<Tensor> {
     let sin = sin.to_dtype(x.dtype())?.detach().contiguous()?;
     Ok(x.contiguous()?
         .apply_op3(&cos, &sin, RopeOp { transpose: false })?)
+}
+
+/// Stops candle's elementwise worker threads from busy-waiting between ops (unless the user set
+/// `CANDLE_BARRIER_POOL_SPIN_LIMIT`): they spin 25,000 rounds after every op by default and then compete for
+/// the cores with the matmul threads. On 2 cores this took the tiny train step from 79 to 97 ms. Call once at
+/// program start, before any tensor op (the pool reads the variable when it starts).
+pub fn tune_candle_threads() {
+    const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(VAR).is_none() {
+        std::env::set_var(VAR, "0");
+    }
 }
 
 /// Tunes glibc malloc for training loops (no-op elsewhere): keeps freed memory instead of returning it to the

@@ -209,10 +209,12 @@ fn finite_differences_f64() {
     }
 }
 
-/// The fused `crate::ops` training path and the composed candle reference give the same loss and gradients.
+/// The fused CPU training path and the composed candle reference give the same loss and gradients: the whole-layer
+/// node (llama with GQA, llama_tied without, qwen2 with q/k/v biases) and the per-op path (llama_bias, whose
+/// o_proj/MLP biases the layer node does not cover).
 #[test]
 fn fused_ops_match_composed_reference() {
-    for kind in ["llama_bias", "qwen2"] {
+    for kind in ["llama", "llama_tied", "llama_bias", "qwen2"] {
         let cfg = tiny_config(kind);
         let (mut model, varmap) = tiny_model(&cfg, DType::F64, 31);
         let b = batch(cfg.vocab_size, DType::F64);

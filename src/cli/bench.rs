@@ -4,7 +4,8 @@ use crate::model::{Config, Transformer};
 use crate::rollout::{generate, token_logprobs, Batch, SamplingParams};
 use anyhow::Context;
 use candle_core::DType;
-use candle_nn::{Optimizer, VarBuilder, VarMap};
+use crate::train::optim::{AdamW, AdamWParams};
+use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use std::time::Instant;
 
@@ -162,13 +163,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             })
             .collect();
         let batch = Batch::from_pairs(&pairs, 0, DType::F32, &device)?;
-        let mut opt = candle_nn::AdamW::new(
-            varmap.all_vars(),
-            candle_nn::ParamsAdamW {
-                lr: 1e-4,
-                ..Default::default()
-            },
-        )?;
+        // The trainer's optimizer, with the default config's β, ε, weight decay and gradient clipping.
+        let optim = crate::train::config::OptimConfig::default();
+        let mut opt = AdamW::new(&varmap, AdamWParams::from(&optim))?;
         let mut times = vec![];
         for step in 0..=args.steps {
             let t0 = Instant::now();
@@ -180,7 +177,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let t1 = Instant::now();
             let grads = loss.backward()?;
             let t2 = Instant::now();
-            opt.step(&grads)?;
+            opt.step(&opt.grads_from(&grads), optim.lr, optim.grad_clip)?;
             let t3 = Instant::now();
             if step > 0 {
                 times.push((t1 - t0, t2 - t1, t3 - t2, t3 - t0));

@@ -3,12 +3,12 @@
 //!
 //! candle's backward materialises a zero tensor and an addition for every node it visits, so the dozen reshapes,
 //! transposes and elementwise ops of a composed attention cost more than the matmuls. Here the forward runs candle's
-//! fast no-grad kernels (`rotary_emb::rope`, `softmax_last_dim`, batched matmuls) on detached tensors and keeps the
+//! fast no-grad kernels (`rotary_emb::rope`, a masked softmax, batched matmuls) on detached tensors and keeps the
 //! intermediates it needs; a `CustomOp3` attaches the result to the graph, and its `bwd` computes the three input
 //! gradients directly (softmax backward, the transposed RoPE rotation, GQA sums through the grouped matmuls).
 //! Checked against the composed path (`crate::ops::composed_*`) and by f64 finite differences in `tests/model_grad.rs`.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
 /// Shapes of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -25,12 +25,10 @@ pub(crate) struct AttnDims {
     pub hd: usize,
 }
 
-/// The attached node: the forward result and what the backward needs.
-struct AttentionOp {
+/// What the attention backward needs from its forward.
+pub(crate) struct AttnSaved {
     dims: AttnDims,
     scale: f64,
-    /// `(N, nh·hd)` output, contiguous.
-    out: Tensor,
     /// Rotated and scaled queries, grouped `(B, nkv, rep·T, hd)`.
     q: Tensor,
     /// Rotated keys `(B, nkv, T, hd)`.
@@ -42,6 +40,13 @@ struct AttentionOp {
     /// RoPE tables `(B, T, hd/2)`.
     cos: Tensor,
     sin: Tensor,
+}
+
+/// The attached node: the forward result and what the backward needs.
+struct AttentionOp {
+    /// `(N, nh·hd)` output, contiguous.
+    out: Tensor,
+    saved: AttnSaved,
 }
 
 /// `(N, heads·hd)` → `(B, heads, T, hd)` contiguous.
@@ -59,7 +64,7 @@ fn from_heads(x: &Tensor, d: AttnDims, heads: usize) -> candle_core::Result<Tens
 }
 
 /// A contiguous tensor's data as an owned CPU storage.
-fn to_cpu_storage(t: &Tensor) -> candle_core::Result<CpuStorage> {
+pub(crate) fn to_cpu_storage(t: &Tensor) -> candle_core::Result<CpuStorage> {
     let flat = t.flatten_all()?;
     Ok(match t.dtype() {
         DType::F32 => CpuStorage::F32(flat.to_vec1::<f32>()?),
@@ -95,6 +100,14 @@ impl CustomOp3 for AttentionOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dq, dk, dv) = self.saved.backward(grad)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+impl AttnSaved {
+    /// Gradients `(dq, dk, dv)` `(N, heads·hd)` of the projections for the output gradient `grad (N, nh·hd)`.
+    pub(crate) fn backward(&self, grad: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let d = self.dims;
         let rep = d.nh / d.nkv;
         let grad = grad.detach();
@@ -103,9 +116,8 @@ impl CustomOp3 for AttentionOp {
         // O = P V  ⇒  dV = Pᵀ dO (sums the rep query heads of each kv head), dP = dO Vᵀ
         let d_v = self.p.t()?.matmul(&d_o)?;
         let d_p = d_o.matmul(&self.v.t()?)?;
-        // softmax backward: dS = P ⊙ (dP − Σ_j dP⊙P)
-        let dot = (&d_p * &self.p)?.sum_keepdim(D::Minus1)?;
-        let d_s = (d_p.broadcast_sub(&dot)? * &self.p)?;
+        // softmax backward in one pass: dS = P ⊙ (dP − Σ_j dP⊙P)
+        let d_s = crate::ops::softmax_bwd(&self.p, &d_p)?;
         // S = Q_s Kᵀ with Q_s = scale · rope(q):  dQ_rot = scale · dS K,  dK_rot = dSᵀ Q_s
         let d_q = (d_s.matmul(&self.k)? * self.scale)?.reshape((d.b, d.nh, d.t, d.hd))?;
         let d_k = d_s.t()?.matmul(&self.q)?;
@@ -114,11 +126,54 @@ impl CustomOp3 for AttentionOp {
         let d_q = candle_nn::rotary_emb::rope(&d_q.contiguous()?, &self.cos, &neg_sin)?;
         let d_k = candle_nn::rotary_emb::rope(&d_k.contiguous()?, &self.cos, &neg_sin)?;
         Ok((
-            Some(from_heads(&d_q, d, d.nh)?),
-            Some(from_heads(&d_k, d, d.nkv)?),
-            Some(from_heads(&d_v, d, d.nkv)?),
+            from_heads(&d_q, d, d.nh)?,
+            from_heads(&d_k, d, d.nkv)?,
+            from_heads(&d_v, d, d.nkv)?,
         ))
     }
+}
+
+/// No-grad attention forward on detached projections: the output `(N, nh·hd)` (contiguous) and what
+/// [`AttnSaved::backward`] needs. Same arguments as [`attention`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_no_grad(
+    q_lin: &Tensor,
+    k_lin: &Tensor,
+    v_lin: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    bias: &Tensor,
+    dims: AttnDims,
+    scale: f64,
+) -> candle_core::Result<(Tensor, AttnSaved)> {
+    let d = dims;
+    let rep = d.nh / d.nkv;
+    let q4 = to_heads(&q_lin.detach(), d, d.nh)?;
+    let k4 = to_heads(&k_lin.detach(), d, d.nkv)?;
+    let v = to_heads(&v_lin.detach(), d, d.nkv)?;
+    let q = (candle_nn::rotary_emb::rope(&q4, cos, sin)? * scale)?.reshape((
+        d.b,
+        d.nkv,
+        rep * d.t,
+        d.hd,
+    ))?;
+    let k = candle_nn::rotary_emb::rope(&k4, cos, sin)?;
+    let s = q.matmul(&k.t()?)?.reshape((d.b, d.nh, d.t, d.t))?;
+    let mask = bias.broadcast_as((d.b, d.nh, d.t, d.t))?;
+    let p = crate::ops::masked_softmax_no_grad(&s, &mask)?.reshape((d.b, d.nkv, rep * d.t, d.t))?;
+    let o = p.matmul(&v)?;
+    let out = from_heads(&o, d, d.nh)?.contiguous()?;
+    let saved = AttnSaved {
+        dims,
+        scale,
+        q,
+        k,
+        v,
+        p,
+        cos: cos.clone(),
+        sin: sin.clone(),
+    };
+    Ok((out, saved))
 }
 
 /// Differentiable causal self-attention on the CPU: `q_lin (N, nh·hd)`, `k_lin`/`v_lin (N, nkv·hd)` (projections,
@@ -135,35 +190,6 @@ pub(crate) fn attention(
     dims: AttnDims,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
-    let d = dims;
-    let rep = d.nh / d.nkv;
-    let q4 = to_heads(&q_lin.detach(), d, d.nh)?;
-    let k4 = to_heads(&k_lin.detach(), d, d.nkv)?;
-    let v = to_heads(&v_lin.detach(), d, d.nkv)?;
-    let q = (candle_nn::rotary_emb::rope(&q4, cos, sin)? * scale)?.reshape((
-        d.b,
-        d.nkv,
-        rep * d.t,
-        d.hd,
-    ))?;
-    let k = candle_nn::rotary_emb::rope(&k4, cos, sin)?;
-    let s = q
-        .matmul(&k.t()?)?
-        .reshape((d.b, d.nh, d.t, d.t))?
-        .broadcast_add(bias)?;
-    let p = candle_nn::ops::softmax_last_dim(&s)?.reshape((d.b, d.nkv, rep * d.t, d.t))?;
-    let o = p.matmul(&v)?;
-    let out = from_heads(&o, d, d.nh)?.contiguous()?;
-    let op = AttentionOp {
-        dims,
-        scale,
-        out,
-        q,
-        k,
-        v,
-        p,
-        cos: cos.clone(),
-        sin: sin.clone(),
-    };
-    q_lin.apply_op3(k_lin, v_lin, op)
+    let (out, saved) = forward_no_grad(q_lin, k_lin, v_lin, cos, sin, bias, dims, scale)?;
+    q_lin.apply_op3(k_lin, v_lin, AttentionOp { out, saved })
 }

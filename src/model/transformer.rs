@@ -12,6 +12,7 @@
 //! the same numbers for the real tokens as the unpadded sequence (HF with `position_ids` derived from the mask).
 
 use super::attention::{self, AttnDims};
+use super::layer;
 use super::config::RopeFreqs;
 use super::Config;
 use crate::ops;
@@ -123,6 +124,32 @@ struct Layer {
 }
 
 impl Layer {
+    /// The parameters as the fused decoder layer takes them; `None` when the layer has biases it does not cover
+    /// (`o_proj` or MLP biases, or only some of q/k/v).
+    fn fused_params(&self) -> Option<layer::LayerParams<'_>> {
+        let mlp_bias = self.gate.b.is_some() || self.up.b.is_some() || self.down.b.is_some();
+        if self.o.b.is_some() || mlp_bias {
+            return None;
+        }
+        let bqkv = match (&self.q.b, &self.k.b, &self.v.b) {
+            (Some(q), Some(k), Some(v)) => Some([q, k, v]),
+            (None, None, None) => None,
+            _ => return None,
+        };
+        Some(layer::LayerParams {
+            ln1: &self.input_layernorm,
+            wq: &self.q.w,
+            wk: &self.k.w,
+            wv: &self.v.w,
+            bqkv,
+            wo: &self.o.w,
+            ln2: &self.post_attention_layernorm,
+            wg: &self.gate.w,
+            wu: &self.up.w,
+            wd: &self.down.w,
+        })
+    }
+
     fn detached(&self) -> Self {
         Self {
             input_layernorm: self.input_layernorm.detach(),
@@ -565,6 +592,12 @@ impl Transformer {
         // Activations stay 2-D (B·T, d): no reshape nodes around the linear layers.
         let mut x = w.embed.index_select(&ids.flatten_all()?, 0)?;
         for l in &w.layers {
+            if fused_attn {
+                if let Some(p) = l.fused_params() {
+                    x = layer::decoder_layer(&x, &p, &cos, &sin, &bias, dims, scale, eps)?;
+                    continue;
+                }
+            }
             let h = norm(&x, &l.input_layernorm)?;
             let (q, k, v) = (l.q.forward(&h)?, l.k.forward(&h)?, l.v.forward(&h)?);
             let o = if fused_attn {
@@ -796,5 +829,37 @@ impl Transformer {
             out.push(("lm_head.weight".to_string(), self.w.lm_head.clone()));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    fn model(extra: serde_json::Value) -> Transformer {
+        let mut v = serde_json::json!({
+            "model_type": "llama", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        let config: Config = serde_json::from_value(v).unwrap();
+        let varmap = VarMap::new();
+        Transformer::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap()
+    }
+
+    /// Llama and Qwen2 layers take the whole-layer node; layers with o_proj/MLP biases fall back to the per-op path.
+    #[test]
+    fn which_layers_take_the_fused_node() {
+        assert!(model(serde_json::json!({})).w.layers[0].fused_params().is_some());
+        let qwen = model(serde_json::json!({"model_type": "qwen2"}));
+        assert!(qwen.w.layers[0].fused_params().unwrap().bqkv.is_some());
+        let biased = model(serde_json::json!({"attention_bias": true}));
+        assert!(biased.w.layers[0].fused_params().is_none());
+        let mlp_biased = model(serde_json::json!({"mlp_bias": true}));
+        assert!(mlp_biased.w.layers[0].fused_params().is_none());
     }
 }

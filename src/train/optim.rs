@@ -3,7 +3,7 @@
 
 use super::config::{OptimConfig, Schedule};
 use crate::{input_err, Result};
-use candle_core::{backprop::GradStore, DType, Tensor, Var};
+use candle_core::{backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Storage, Tensor, Var};
 use candle_nn::VarMap;
 use std::collections::HashMap;
 use std::path::Path;
@@ -117,11 +117,14 @@ impl AdamW {
     pub fn grad_norm(grads: &Grads) -> Result<f64> {
         let mut sq = 0f64;
         for g in grads.0.iter().flatten() {
-            sq += g
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?;
+            sq += match host_sum_sq(g) {
+                Some(s) => s,
+                None => g
+                    .to_dtype(DType::F64)?
+                    .sqr()?
+                    .sum_all()?
+                    .to_scalar::<f64>()?,
+            };
         }
         Ok(sq.sqrt())
     }
@@ -148,6 +151,16 @@ impl AdamW {
         for i in 0..self.vars.len() {
             let Some(g) = &grads.0[i] else { continue };
             let dtype = self.vars[i].dtype();
+            let h = HostUpdate {
+                p,
+                lr,
+                grad_scale: scale,
+                bc1,
+                bc2,
+            };
+            if h.apply(self.vars[i].as_tensor(), g, &self.m[i], &self.v[i])? {
+                continue;
+            }
             let g = if scale != 1.0 {
                 (g * scale)?
             } else {
@@ -216,6 +229,145 @@ impl AdamW {
         }
         let t = get("t")?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         self.t = t.first().copied().unwrap_or(0.0) as u64;
+        Ok(())
+    }
+}
+
+/// Σ g² in f64 straight from a CPU f32 tensor's storage; `None` for other devices/dtypes.
+fn host_sum_sq(g: &Tensor) -> Option<f64> {
+    let (storage, layout) = g.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) => {
+            Some(data[a..b].iter().map(|&x| (x as f64) * (x as f64)).sum())
+        }
+        _ => None,
+    }
+}
+
+/// The fused CPU f32 AdamW update: three in-place passes (m, v, then the weight) instead of a dozen tensor ops.
+/// Same arithmetic as the tensor path of [`AdamW::step`] (PyTorch's `AdamW`, non-fused).
+struct HostUpdate {
+    p: AdamWParams,
+    lr: f64,
+    grad_scale: f64,
+    bc1: f64,
+    bc2: f64,
+}
+
+/// Which pass of [`HostUpdate`] an in-place op runs.
+#[derive(Clone, Copy)]
+enum Pass {
+    First,
+    Second,
+    Weight,
+}
+
+/// One pass of the fused update as a candle in-place op.
+struct UpdateOp<'a> {
+    h: &'a HostUpdate,
+    pass: Pass,
+}
+
+impl HostUpdate {
+    /// Updates `m`, `v` and `w` in place when all four are contiguous CPU f32 tensors of one shape;
+    /// returns false (nothing touched) otherwise.
+    fn apply(&self, w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<bool> {
+        let all = [w, g, m, v];
+        if all
+            .iter()
+            .any(|t| !t.device().is_cpu() || t.dtype() != DType::F32 || !t.is_contiguous())
+            || all.iter().any(|t| t.shape() != w.shape())
+        {
+            return Ok(false);
+        }
+        m.inplace_op2(g, &UpdateOp { h: self, pass: Pass::First })?;
+        v.inplace_op2(g, &UpdateOp { h: self, pass: Pass::Second })?;
+        w.inplace_op3(m, v, &UpdateOp { h: self, pass: Pass::Weight })?;
+        Ok(true)
+    }
+}
+
+/// The contiguous f32 slice of a CPU storage.
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
+        _ => candle_core::bail!("adamw: expected a contiguous f32 tensor"),
+    }
+}
+
+/// The contiguous f32 slice of a mutable CPU storage.
+fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&mut d[a..b]),
+        _ => candle_core::bail!("adamw: expected a contiguous f32 tensor"),
+    }
+}
+
+impl UpdateOp<'_> {
+    fn run(&self, dst: &mut [f32], a: &[f32], b: Option<&[f32]>) {
+        let h = self.h;
+        let (b1, b2) = (h.p.beta1 as f32, h.p.beta2 as f32);
+        let s = h.grad_scale as f32;
+        match (self.pass, b) {
+            (Pass::First, _) => {
+                for (m, &g) in dst.iter_mut().zip(a) {
+                    *m = *m * b1 + (g * s) * (1.0 - b1);
+                }
+            }
+            (Pass::Second, _) => {
+                for (v, &g) in dst.iter_mut().zip(a) {
+                    let g = g * s;
+                    *v = *v * b2 + (g * g) * (1.0 - b2);
+                }
+            }
+            (Pass::Weight, Some(vs)) => {
+                let decay = (1.0 - h.lr * h.p.weight_decay) as f32;
+                let (bc1, bc2, eps, lr) = (h.bc1 as f32, h.bc2 as f32, h.p.eps as f32, h.lr as f32);
+                for ((w, &m), &v) in dst.iter_mut().zip(a).zip(vs) {
+                    let upd = (m / bc1) / ((v / bc2).sqrt() + eps);
+                    *w = *w * decay - upd * lr;
+                }
+            }
+            (Pass::Weight, None) => {}
+        }
+    }
+}
+
+impl InplaceOp2 for UpdateOp<'_> {
+    fn name(&self) -> &'static str {
+        "luspo-adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        src: &CpuStorage,
+        src_l: &Layout,
+    ) -> candle_core::Result<()> {
+        let a = f32_slice(src, src_l)?;
+        self.run(f32_slice_mut(dst, dst_l)?, a, None);
+        Ok(())
+    }
+}
+
+impl InplaceOp3 for UpdateOp<'_> {
+    fn name(&self) -> &'static str {
+        "luspo-adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let a = f32_slice(s2, l2)?;
+        let b = f32_slice(s3, l3)?;
+        self.run(f32_slice_mut(dst, dst_l)?, a, Some(b));
         Ok(())
     }
 }
