@@ -319,10 +319,17 @@ impl CustomOp2 for MaskedSoftmaxOp {
             let mall = s2.as_slice::<T>()?;
             let scale = <T as WithDType>::from_f64(self.scale);
             let mut y = vec![T::zero(); x.len()];
-            let mut tmp = vec![T::zero(); d];
             if d > 0 {
+                par_row_blocks(&mut y, d, d, |r0, yb| {
+                let mut tmp = vec![T::zero(); d];
+                // the multi-index of row r0 over the leading dims
                 let mut idx = vec![0usize; lead.len()];
-                for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+                let mut rest = r0;
+                for k in (0..lead.len()).rev() {
+                    idx[k] = rest % lead[k];
+                    rest /= lead[k];
+                }
+                for (xr, yr) in x[r0 * d..].chunks_exact(d).zip(yb.chunks_exact_mut(d)) {
                     let off = l2.start_offset()
                         + idx.iter().zip(mstride).map(|(i, s)| i * s).sum::<usize>();
                     let xr = if self.scale != 1.0 {
@@ -343,6 +350,7 @@ impl CustomOp2 for MaskedSoftmaxOp {
                         idx[k] = 0;
                     }
                 }
+                });
             }
             Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
         })

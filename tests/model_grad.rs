@@ -209,15 +209,38 @@ fn finite_differences_f64() {
     }
 }
 
+/// A batch big enough that the fused kernels split their rows into several parallel blocks (6 rows of up to 70 tokens).
+fn big_batch(vocab: usize, dtype: DType) -> Batch {
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..6)
+        .map(|i| {
+            (
+                ids(10 + 3 * i, vocab, 50 + i as u64),
+                ids(60 - 5 * i, vocab, 60 + i as u64),
+            )
+        })
+        .collect();
+    Batch::from_pairs(&pairs, 0, dtype, &Device::Cpu).unwrap()
+}
+
 /// The fused CPU training path and the composed candle reference give the same loss and gradients: the whole-layer
 /// node (llama with GQA, llama_tied without, qwen2 with q/k/v biases) and the per-op path (llama_bias, whose
 /// o_proj/MLP biases the layer node does not cover).
 #[test]
 fn fused_ops_match_composed_reference() {
-    for kind in ["llama", "llama_tied", "llama_bias", "qwen2"] {
+    for (kind, big) in [
+        ("llama", false),
+        ("llama_tied", false),
+        ("llama_bias", false),
+        ("qwen2", false),
+        ("llama", true),
+    ] {
         let cfg = tiny_config(kind);
         let (mut model, varmap) = tiny_model(&cfg, DType::F64, 31);
-        let b = batch(cfg.vocab_size, DType::F64);
+        let b = if big {
+            big_batch(cfg.vocab_size, DType::F64)
+        } else {
+            batch(cfg.vocab_size, DType::F64)
+        };
         let l1 = loss(&model, &b);
         let g1 = l1.backward().unwrap();
         model.set_reference_ops(true);

@@ -546,3 +546,57 @@ fn rope_matches_composed() {
     assert!((n(&y) - n(&x)).abs() < 1e-10);
     assert!(ops::rope(&x, &cos.narrow(2, 0, 4).unwrap(), &sin).is_err());
 }
+
+/// Sizes above one parallel block (16k elements of work): the kernels split rows into several blocks (the same
+/// blocks for any thread count), and every block must see its own rows, mask rows and targets.
+#[test]
+fn kernels_split_into_blocks_match_composed() {
+    let tol = 1e-12;
+    // softmax: 300 rows of 128 = 3 blocks
+    let f: &Op = &|t| ops::softmax_last_dim(&t[0]);
+    let c: &Op = &|t| ops::composed_softmax_last_dim(&t[0]);
+    compare(
+        f,
+        c,
+        &[rnd(&[3, 100, 128], 41, 3.0, DType::F64)],
+        &[0],
+        tol,
+        tol,
+    );
+    // masked attention softmax: 2·3·160 rows of 160 keys, a per-batch mask broadcast over heads
+    let f: &Op = &|t| ops::scaled_masked_softmax(&t[0], 0.3, &t[1]);
+    let c: &Op = &|t| ops::composed_scaled_masked_softmax(&t[0], 0.3, &t[1]);
+    let s = rnd(&[2, 3, 160, 160], 42, 3.0, DType::F64);
+    compare(f, c, &[s, causal_mask(2, 160, -1e9, 7)], &[0], tol, tol);
+    // token logprob + entropy: 700 rows of vocabulary 64
+    let both = |f: fn(&Tensor, &Tensor) -> luspo::Result<(Tensor, Tensor)>| {
+        move |t: &[Tensor]| -> luspo::Result<Tensor> {
+            let (lp, h) = f(&t[0], &t[1])?;
+            Ok(Tensor::stack(&[lp, (h * 0.7)?], 0)?)
+        }
+    };
+    let fb = both(ops::token_logprob_entropy);
+    let cb = both(ops::composed_token_logprob_entropy);
+    let z = rnd(&[7, 100, 64], 43, 3.0, DType::F64);
+    compare(&fb, &cb, &[z, targets(&[7, 100], 64, 44)], &[0], tol, tol);
+    // rms_norm: 3000 rows of 16 (the weight gradient sums per-block partials)
+    let f: &Op = &|t| ops::rms_norm(&t[0], &t[1], 1e-6);
+    let c: &Op = &|t| ops::composed_rms_norm(&t[0], &t[1], 1e-6);
+    let w = (rnd(&[16], 45, 0.5, DType::F64) + 1.0).unwrap();
+    compare(
+        f,
+        c,
+        &[rnd(&[3000, 16], 46, 2.0, DType::F64), w],
+        &[0, 1],
+        tol,
+        1e-10,
+    );
+    // silu_mul: 40,000 elements
+    let f: &Op = &|t| ops::silu_mul(&t[0], &t[1]);
+    let c: &Op = &|t| ops::composed_silu_mul(&t[0], &t[1]);
+    let (a, b) = (
+        rnd(&[200, 200], 47, 4.0, DType::F64),
+        rnd(&[200, 200], 48, 2.0, DType::F64),
+    );
+    compare(f, c, &[a, b], &[0, 1], tol, tol);
+}

@@ -2,9 +2,9 @@
 
 use crate::model::{Config, Transformer};
 use crate::rollout::{generate, token_logprobs, Batch, SamplingParams};
+use crate::train::optim::{AdamW, AdamWParams};
 use anyhow::Context;
 use candle_core::DType;
-use crate::train::optim::{AdamW, AdamWParams};
 use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use std::time::Instant;

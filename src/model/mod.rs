@@ -9,10 +9,10 @@
 //! - `io::load(path, &Device) -> LoadedModel` reads an HF directory or a `.gguf`; `io::save_hf` writes an HF directory.
 
 mod attention;
-mod layer;
 pub mod chat;
 pub mod config;
 pub mod io;
+mod layer;
 pub mod tokenizer;
 pub mod transformer;
 

@@ -12,8 +12,8 @@
 //! the same numbers for the real tokens as the unpadded sequence (HF with `position_ids` derived from the mask).
 
 use super::attention::{self, AttnDims};
-use super::layer;
 use super::config::RopeFreqs;
+use super::layer;
 use super::Config;
 use crate::ops;
 use candle_core::{DType, Device, Tensor};
@@ -848,13 +848,19 @@ mod tests {
         }
         let config: Config = serde_json::from_value(v).unwrap();
         let varmap = VarMap::new();
-        Transformer::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap()
+        Transformer::new(
+            &config,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap()
     }
 
     /// Llama and Qwen2 layers take the whole-layer node; layers with o_proj/MLP biases fall back to the per-op path.
     #[test]
     fn which_layers_take_the_fused_node() {
-        assert!(model(serde_json::json!({})).w.layers[0].fused_params().is_some());
+        assert!(model(serde_json::json!({})).w.layers[0]
+            .fused_params()
+            .is_some());
         let qwen = model(serde_json::json!({"model_type": "qwen2"}));
         assert!(qwen.w.layers[0].fused_params().unwrap().bqkv.is_some());
         let biased = model(serde_json::json!({"attention_bias": true}));

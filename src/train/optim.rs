@@ -3,7 +3,9 @@
 
 use super::config::{OptimConfig, Schedule};
 use crate::{input_err, Result};
-use candle_core::{backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Storage, Tensor, Var};
+use candle_core::{
+    backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Storage, Tensor, Var,
+};
 use candle_nn::VarMap;
 use std::collections::HashMap;
 use std::path::Path;
@@ -280,9 +282,28 @@ impl HostUpdate {
         {
             return Ok(false);
         }
-        m.inplace_op2(g, &UpdateOp { h: self, pass: Pass::First })?;
-        v.inplace_op2(g, &UpdateOp { h: self, pass: Pass::Second })?;
-        w.inplace_op3(m, v, &UpdateOp { h: self, pass: Pass::Weight })?;
+        m.inplace_op2(
+            g,
+            &UpdateOp {
+                h: self,
+                pass: Pass::First,
+            },
+        )?;
+        v.inplace_op2(
+            g,
+            &UpdateOp {
+                h: self,
+                pass: Pass::Second,
+            },
+        )?;
+        w.inplace_op3(
+            m,
+            v,
+            &UpdateOp {
+                h: self,
+                pass: Pass::Weight,
+            },
+        )?;
         Ok(true)
     }
 }
@@ -303,8 +324,23 @@ fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&
     }
 }
 
+/// Elements per parallel block of the fused update.
+const UPDATE_BLOCK: usize = 32 * 1024;
+
 impl UpdateOp<'_> {
+    /// Runs the pass over blocks of the tensor, in parallel on rayon's current pool.
     fn run(&self, dst: &mut [f32], a: &[f32], b: Option<&[f32]>) {
+        use rayon::prelude::*;
+        dst.par_chunks_mut(UPDATE_BLOCK)
+            .enumerate()
+            .for_each(|(i, blk)| {
+                let o = i * UPDATE_BLOCK;
+                let n = blk.len();
+                self.run_block(blk, &a[o..o + n], b.map(|b| &b[o..o + n]));
+            });
+    }
+
+    fn run_block(&self, dst: &mut [f32], a: &[f32], b: Option<&[f32]>) {
         let h = self.h;
         let (b1, b2) = (h.p.beta1 as f32, h.p.beta2 as f32);
         let s = h.grad_scale as f32;
