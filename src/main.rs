@@ -35,7 +35,9 @@ fn main() {
     let args = Args::parse();
     luspo::ops::tune_malloc();
     luspo::ops::tune_candle_threads();
-    let result = in_compute_pool(|| match args.command {
+    // Drive the model from a worker of candle's CPU pool: a separate main thread would compete for the cores
+    // with the pool's workers.
+    let result = candle_core::Device::Cpu.with_context(|| match args.command {
         Command::Loss(a) => cli::loss::run(a),
         Command::Score(a) => cli::score::run(a),
         Command::Generate(a) => cli::generate::run(a),
@@ -48,18 +50,5 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(2);
-    }
-}
-
-/// Runs `f` on a worker of a rayon pool sized like candle's, so the thread that drives the model is one of the pool's
-/// threads: otherwise it runs beside all of the pool's workers, which spin after each parallel op and, on a machine
-/// with as many cores as workers, take CPU time from it.
-fn in_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    match rayon::ThreadPoolBuilder::new()
-        .num_threads(candle_core::utils::get_num_threads())
-        .build()
-    {
-        Ok(pool) => pool.install(f),
-        Err(_) => f(),
     }
 }

@@ -57,7 +57,9 @@ fn par_row_blocks<O: Send>(
 }
 
 /// A float element type the CPU kernels run on (f32 or f64).
-trait Elem: Float + WithDType + std::ops::AddAssign + std::ops::MulAssign {
+pub(crate) trait Elem:
+    Float + WithDType + std::ops::AddAssign + std::ops::MulAssign
+{
     /// `exp`, written so that loops over it vectorise (f32: Cephes polynomial, about 1 ulp; f64: libm).
     fn fexp(self) -> Self;
 }
@@ -97,7 +99,7 @@ impl Elem for f64 {
 
 /// `sum_i f(a_i, b_i)` with eight independent accumulators so the loop vectorises.
 #[inline(always)]
-fn sum2<T: Elem>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
+pub(crate) fn sum2<T: Elem>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
     let mut acc = [T::zero(); 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
@@ -115,12 +117,12 @@ fn sum2<T: Elem>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
 
 /// `sum_i a_i`, vectorised.
 #[inline(always)]
-fn sum1<T: Elem>(a: &[T]) -> T {
+pub(crate) fn sum1<T: Elem>(a: &[T]) -> T {
     sum2(a, a, |x, _| x)
 }
 
 /// The contiguous data of one op input, or an error naming the op.
-fn data<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [T]> {
+pub(crate) fn data<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [T]> {
     let all = s.as_slice::<T>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&all[a..b]),
@@ -145,13 +147,16 @@ macro_rules! float_dispatch {
     };
 }
 
+// after `float_dispatch`, which it uses
+pub(crate) mod attn;
+
 /// Last-dimension size, treating a rank-0 tensor as one row of length 1.
 fn last_dim(shape: &Shape) -> usize {
     shape.dims().last().copied().unwrap_or(1)
 }
 
 /// `-inf`-safe max of a row (NaN entries are skipped; eight lanes so it vectorises).
-fn row_max<T: Elem>(x: &[T]) -> T {
+pub(crate) fn row_max<T: Elem>(x: &[T]) -> T {
     let mut acc = [T::neg_infinity(); 8];
     let c = x.chunks_exact(8);
     let mut m = c
@@ -1222,14 +1227,22 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> crate::Result<Tensor> {
         .apply_op3(&cos, &sin, RopeOp { transpose: false })?)
 }
 
-/// Stops candle's elementwise worker threads from busy-waiting between ops (unless the user set
-/// `CANDLE_BARRIER_POOL_SPIN_LIMIT`): they spin 25,000 rounds after every op by default and then compete for
-/// the cores with the matmul threads. On 2 cores this took the tiny train step from 79 to 97 ms. Call once at
-/// program start, before any tensor op (the pool reads the variable when it starts).
+/// Thread settings for candle's CPU backend; each applies only when the user has not set the variable.
+/// - `CANDLE_BARRIER_POOL_SPIN_LIMIT=0`: candle's elementwise workers otherwise busy-wait 25,000 rounds after every
+///   op and compete for the cores with the matmul threads (on 2 cores the tiny train step took 97 ms instead of 79).
+/// - `RAYON_NUM_THREADS` = candle's default count, computed once: without it candle recounts the physical cores
+///   from `/proc/cpuinfo` on every matmul (2 % of the tiny train step).
+///
+/// Call once at program start, before any tensor op or thread pool exists.
 pub fn tune_candle_threads() {
-    const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
-    if std::env::var_os(VAR).is_none() {
-        std::env::set_var(VAR, "0");
+    const SPIN: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(SPIN).is_none() {
+        std::env::set_var(SPIN, "0");
+    }
+    const THREADS: &str = "RAYON_NUM_THREADS";
+    if std::env::var_os(THREADS).is_none() {
+        let n = candle_core::utils::get_num_threads();
+        std::env::set_var(THREADS, n.to_string());
     }
 }
 

@@ -11,8 +11,9 @@
 //! `[g|u] = h2 W_guᵀ; y = x2 + (silu(g)·u) W_downᵀ`.
 //! Checked against the per-op path and the composed reference, and by f64 finite differences (`tests/model_grad.rs`).
 
-use super::attention::{self, AttnDims, AttnSaved};
+use super::attention::{self, AttnDims};
 use crate::ops;
+use crate::ops::attn::{AttnBwdOp, AttnFwdOp, AttnShape};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
 /// The parameters of one layer, in packing order.
@@ -99,12 +100,16 @@ impl Views {
 struct LayerOp {
     packing: Packing,
     eps: f64,
-    attn_dims: AttnDims,
+    attn_shape: AttnShape,
+    scale: f64,
+    /// RoPE tables `(B, T, hd)`, rows `[cos | sin]`.
+    rope: Tensor,
     /// `(N, d)` output.
     y: Tensor,
     x: Tensor,
     h1: Tensor,
-    attn: AttnSaved,
+    /// The attention kernel's saved buffer (see `ops::attn`).
+    attn: Tensor,
     /// Attention output before `o_proj`, `(N, nh·hd)`.
     o: Tensor,
     x2: Tensor,
@@ -141,7 +146,6 @@ impl CustomOp2 for LayerOp {
         let w = &self.params;
         let p = self.packing;
         let (n, d) = (self.x.dim(0)?, p.d);
-        let _ = self.attn_dims;
         let dy = grad.detach().contiguous()?;
         // y = x2 + m W_dᵀ
         let d_wd = dy.t()?.matmul(&self.m)?;
@@ -154,8 +158,14 @@ impl CustomOp2 for LayerOp {
         // x2 = x + o W_oᵀ
         let d_wo = dx2.t()?.matmul(&self.o)?;
         let d_o = dx2.matmul(&w.wo)?;
-        let (dq, dk, dv) = self.attn.backward(&d_o)?;
-        let dqkv = Tensor::cat(&[dq, dk, dv], 1)?;
+        let dqkv = self.attn.apply_op3_no_bwd(
+            &d_o.contiguous()?,
+            &self.rope,
+            &AttnBwdOp {
+                shape: self.attn_shape,
+                scale: self.scale,
+            },
+        )?;
         let d_wqkv = dqkv.t()?.matmul(&self.h1)?;
         let dh1 = dqkv.matmul(&w.wqkv)?;
         let (dx_norm, d_ln1) = ops::rms_norm_bwd_no_grad(&self.x, &w.ln1, &dh1, self.eps)?;
@@ -224,11 +234,26 @@ pub(crate) fn decoder_layer(
     if let Some(b) = &v.bqkv {
         qkv = qkv.broadcast_add(b)?;
     }
-    let (a, kv) = (packing.attn, dims.nkv * dims.hd);
-    let q = qkv.narrow(1, 0, a)?;
-    let k = qkv.narrow(1, a, kv)?;
-    let vv = qkv.narrow(1, a + kv, kv)?;
-    let (o, attn) = attention::forward_no_grad(&q, &k, &vv, cos, sin, bias, dims, scale)?;
+    let attn_shape = AttnShape {
+        b: dims.b,
+        t: dims.t,
+        nh: dims.nh,
+        nkv: dims.nkv,
+        hd: dims.hd,
+    };
+    let rope = Tensor::cat(&[cos, sin], 2)?.contiguous()?;
+    let mask = bias.reshape((dims.b, dims.t, dims.t))?.contiguous()?;
+    let attn = qkv.contiguous()?.apply_op3_no_bwd(
+        &rope,
+        &mask,
+        &AttnFwdOp {
+            shape: attn_shape,
+            scale,
+        },
+    )?;
+    let o = attn
+        .narrow(0, 0, attn_shape.out_len())?
+        .reshape((x.dim(0)?, packing.attn))?;
     let x2 = (&xd + o.matmul(&v.wo.t()?)?)?;
     let h2 = ops::rms_norm_no_grad(&x2, &v.ln2, eps)?;
     let gu = h2.matmul(&v.wgu.t()?)?;
@@ -237,7 +262,9 @@ pub(crate) fn decoder_layer(
     let op = LayerOp {
         packing,
         eps,
-        attn_dims: dims,
+        attn_shape,
+        scale,
+        rope,
         y,
         x: xd,
         h1,
