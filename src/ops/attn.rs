@@ -407,7 +407,7 @@ impl CustomOp3 for AttnFwdOp {
         l3: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
         let s = self.shape;
-        if s.nkv == 0 || s.nh % s.nkv != 0 || s.hd % 2 != 0 {
+        if s.nkv == 0 || !s.nh.is_multiple_of(s.nkv) || !s.hd.is_multiple_of(2) {
             bail!("{}: bad head layout {s:?}", self.name());
         }
         float_dispatch!(s1.dtype(), self.name(), T => {
