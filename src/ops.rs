@@ -17,7 +17,13 @@
 //!   `(logp, entropy)`. Neither builds the `(...,V)` log-softmax graph.
 //! - [`rms_norm`]`(x, w, eps)`; [`rope`]`(x (B,H,T,D), cos, sin)` (HF rotate_half, cos/sin `(B,T,D)` or `(T,D)`);
 //!   [`silu_mul`]`(gate, up)` = `silu(gate) * up`.
-//! - [`tune_malloc`]: glibc allocator tuning for training loops (fewer page faults per step).
+//! - [`tune_malloc`]: glibc allocator tuning for training loops (fewer page faults per step); [`tune_candle_threads`]:
+//!   candle thread settings for 2-core machines.
+//! - `attn` (crate-internal): per-head attention kernels, forward and backward, for the fused decoder layer of
+//!   `model::layer`; the `*_no_grad` functions here are that layer's other building blocks.
+//!
+//! Kernels split their rows into blocks of about 16k elements and run the blocks on rayon's current pool. The
+//! blocks depend only on the shapes, so results are bitwise identical for any thread count.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{

@@ -272,3 +272,61 @@ fn warmup_is_linear_then_constant_or_cosine() {
     assert_eq!(lr_at(&cfg, 0, 100), 1.0);
     assert_eq!(lr_at(&cfg, 5, 100), 3.0);
 }
+
+/// The fused in-place update for CPU f32 tensors (several parallel blocks, gradient clipping active) against the
+/// scalar reference, and its gradient norm against an f64 sum.
+#[test]
+fn f32_fused_update_matches_the_reference() {
+    let n = 70_000; // more than two blocks of the fused update
+    let wave = |k: usize, a: f64| -> Vec<f64> {
+        (0..n)
+            .map(|i| ((i * 37 + k * 11) % 101) as f64 / 101.0 * a - a / 2.0)
+            .map(|x| x as f32 as f64)
+            .collect()
+    };
+    let p0 = wave(0, 2.0);
+    let raw: Vec<Vec<f64>> = (1..4).map(|k| wave(k, 0.02)).collect();
+    let lrs = [0.01, 0.02, 0.005];
+    let (b1, b2, eps, wd, clip) = (0.9, 0.99, 1e-8, 0.05, 1.0);
+    let w = Var::from_tensor(
+        &Tensor::new(
+            p0.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            &Device::Cpu,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let params = AdamWParams {
+        beta1: b1,
+        beta2: b2,
+        eps,
+        weight_decay: wd,
+    };
+    let mut opt = AdamW::from_vars(vec![("w".into(), w.clone())], params).unwrap();
+    let mut clipped = vec![];
+    for (g, lr) in raw.iter().zip(lrs) {
+        let norm = g.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!(norm > clip, "the test wants clipping active, norm {norm}");
+        let t = Tensor::new(
+            g.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let out = opt.step(&Grads(vec![Some(t)]), lr, clip).unwrap();
+        assert!(
+            (out.grad_norm - norm).abs() < 1e-9 * norm,
+            "{} vs {norm}",
+            out.grad_norm
+        );
+        let scale = clip / (norm + 1e-6);
+        clipped.push(g.iter().map(|x| x * scale).collect::<Vec<f64>>());
+    }
+    let want = reference(&p0, &clipped, &lrs, b1, b2, eps, wd);
+    let got = w.as_tensor().to_vec1::<f32>().unwrap();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(&a, b)| (a as f64 - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 2e-6, "worst |f32 fused − reference| = {worst}");
+}

@@ -118,15 +118,28 @@ impl AdamW {
     /// Global L2 norm of `grads` (f64 accumulation).
     pub fn grad_norm(grads: &Grads) -> Result<f64> {
         let mut sq = 0f64;
+        // per-tensor sums of squares left on the device, read back with one transfer (a sync per tensor is slow
+        // on a GPU)
+        let mut on_device = vec![];
         for g in grads.0.iter().flatten() {
-            sq += match host_sum_sq(g) {
-                Some(s) => s,
-                None => g
-                    .to_dtype(DType::F64)?
-                    .sqr()?
-                    .sum_all()?
-                    .to_scalar::<f64>()?,
-            };
+            match host_sum_sq(g) {
+                Some(s) => sq += s,
+                // rows first: a one-stage sum of a large tensor runs in one CUDA block (about 100 ms for
+                // SmolLM2's 28 M-entry embedding on an H100)
+                None if g.rank() >= 2 => on_device.push(
+                    g.sqr()?
+                        .sum(candle_core::D::Minus1)?
+                        .to_dtype(DType::F64)?
+                        .sum_all()?,
+                ),
+                None => on_device.push(g.to_dtype(DType::F64)?.sqr()?.sum_all()?),
+            }
+        }
+        if !on_device.is_empty() {
+            sq += Tensor::stack(&on_device, 0)?
+                .to_vec1::<f64>()?
+                .iter()
+                .sum::<f64>();
         }
         Ok(sq.sqrt())
     }
