@@ -124,8 +124,8 @@ impl AdamW {
         for g in grads.0.iter().flatten() {
             match host_sum_sq(g) {
                 Some(s) => sq += s,
-                // rows first: a one-stage sum of a large tensor runs in one CUDA block (about 100 ms for
-                // SmolLM2's 28 M-entry embedding on an H100)
+                // rows first: candle's one-stage sum of a large tensor is slow on CUDA (AdamW on SmolLM2's
+                // shapes, H100: 128 ms per step with it, 37 ms without)
                 None if g.rank() >= 2 => on_device.push(
                     g.sqr()?
                         .sum(candle_core::D::Minus1)?
