@@ -20,9 +20,11 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 pub(crate) struct LayerParams<'a> {
     /// `input_layernorm.weight (d)`.
     pub ln1: &'a Tensor,
-    /// q, k, v projection weights `(heads·hd, d)`.
+    /// q projection weight `(nh·hd, d)`.
     pub wq: &'a Tensor,
+    /// k projection weight `(nkv·hd, d)`.
     pub wk: &'a Tensor,
+    /// v projection weight `(nkv·hd, d)`.
     pub wv: &'a Tensor,
     /// q, k, v biases (Qwen2), all or none.
     pub bqkv: Option<[&'a Tensor; 3]>,
@@ -30,8 +32,9 @@ pub(crate) struct LayerParams<'a> {
     pub wo: &'a Tensor,
     /// `post_attention_layernorm.weight (d)`.
     pub ln2: &'a Tensor,
-    /// gate and up projection weights `(F, d)`.
+    /// gate projection weight `(F, d)`.
     pub wg: &'a Tensor,
+    /// up projection weight `(F, d)`.
     pub wu: &'a Tensor,
     /// `down_proj.weight (d, F)`.
     pub wd: &'a Tensor,
