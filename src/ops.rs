@@ -273,7 +273,7 @@ impl CustomOp2 for SoftmaxBwdOp {
 }
 
 /// Softmax backward from the output `y` and upstream gradient `g` (device-generic, no graph).
-pub(crate) fn softmax_bwd(y: &Tensor, g: &Tensor) -> CResult<Tensor> {
+fn softmax_bwd(y: &Tensor, g: &Tensor) -> CResult<Tensor> {
     if y.device().is_cpu() {
         y.contiguous()?
             .apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBwdOp)
@@ -442,14 +442,6 @@ pub fn scaled_masked_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> crat
     Ok(scores
         .contiguous()?
         .apply_op2(&mb, MaskedSoftmaxOp { scale })?)
-}
-
-/// No-grad `softmax(scores + mask)` on the CPU in one pass; `mask` is already broadcast to the scores' shape
-/// (leading strides may be 0, last dim contiguous). For the fused attention of `model::attention`.
-pub(crate) fn masked_softmax_no_grad(scores: &Tensor, mask: &Tensor) -> CResult<Tensor> {
-    scores
-        .contiguous()?
-        .apply_op2_no_bwd(mask, &MaskedSoftmaxOp { scale: 1.0 })
 }
 
 /// `md` with its last dim replaced by the scores' last dim.

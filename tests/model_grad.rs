@@ -222,9 +222,9 @@ fn big_batch(vocab: usize, dtype: DType) -> Batch {
     Batch::from_pairs(&pairs, 0, dtype, &Device::Cpu).unwrap()
 }
 
-/// The fused CPU training path and the composed candle reference give the same loss and gradients: the whole-layer
-/// node (llama with GQA, llama_tied without, qwen2 with q/k/v biases) and the per-op path (llama_bias, whose
-/// o_proj/MLP biases the layer node does not cover).
+/// The fused CPU training path (one node per decoder layer) and the composed candle reference give the same loss
+/// and gradients: llama with GQA, llama_tied without, llama_bias with q/k/v, o_proj and MLP biases and one kv head,
+/// qwen2 with q/k/v biases, and a batch large enough to split every kernel into several parallel blocks.
 #[test]
 fn fused_ops_match_composed_reference() {
     for (kind, big) in [

@@ -6,15 +6,15 @@
 //! `CustomOp2 (x, params)` attaches the result; its `bwd` computes `dx` and the packed parameter gradient directly.
 //! The packing also fuses the q/k/v projections into one matmul and gate/up into another.
 //!
-//! Math (HF Llama/Qwen2, q/k/v biases optional):
-//! `h1 = rms(x)·ln1; [q|k|v] = h1 W_qkvᵀ + b; x2 = x + attn(q,k,v) W_oᵀ; h2 = rms(x2)·ln2;`
-//! `[g|u] = h2 W_guᵀ; y = x2 + (silu(g)·u) W_downᵀ`.
-//! Checked against the per-op path and the composed reference, and by f64 finite differences (`tests/model_grad.rs`).
+//! Math (HF Llama/Qwen2; the biases are optional: q/k/v (Qwen2, `attention_bias`), o (`attention_bias`), MLP
+//! (`mlp_bias`)):
+//! `h1 = rms(x)·ln1; [q|k|v] = h1 W_qkvᵀ + b_qkv; x2 = x + attn(q,k,v) W_oᵀ + b_o; h2 = rms(x2)·ln2;`
+//! `[g|u] = h2 W_guᵀ + b_gu; y = x2 + (silu(g)·u) W_downᵀ + b_down`.
+//! Checked against the composed reference and by f64 finite differences (`tests/model_grad.rs`).
 
-use super::attention::{self, AttnDims};
 use crate::ops;
 use crate::ops::attn::{AttnBwdOp, AttnFwdOp, AttnShape};
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
 /// The parameters of one layer, in packing order.
 pub(crate) struct LayerParams<'a> {
@@ -30,6 +30,8 @@ pub(crate) struct LayerParams<'a> {
     pub bqkv: Option<[&'a Tensor; 3]>,
     /// `o_proj.weight (d, nh·hd)`.
     pub wo: &'a Tensor,
+    /// `o_proj.bias (d)`.
+    pub bo: Option<&'a Tensor>,
     /// `post_attention_layernorm.weight (d)`.
     pub ln2: &'a Tensor,
     /// gate projection weight `(F, d)`.
@@ -38,6 +40,8 @@ pub(crate) struct LayerParams<'a> {
     pub wu: &'a Tensor,
     /// `down_proj.weight (d, F)`.
     pub wd: &'a Tensor,
+    /// gate, up and down biases, all or none.
+    pub bmlp: Option<[&'a Tensor; 3]>,
 }
 
 /// Sizes and where each parameter sits in the packed vector.
@@ -49,26 +53,54 @@ struct Packing {
     /// `nh·hd`.
     attn: usize,
     ffn: usize,
-    bias: bool,
+    qkv_bias: bool,
+    o_bias: bool,
+    mlp_bias: bool,
+}
+
+/// The packed segments, in order.
+#[derive(Clone, Copy)]
+enum Seg {
+    Ln1,
+    Wqkv,
+    Bqkv,
+    Wo,
+    Bo,
+    Ln2,
+    Wgu,
+    Bgu,
+    Wd,
+    Bd,
 }
 
 impl Packing {
-    /// Offsets of ln1, W_qkv, b_qkv, W_o, ln2, W_gu, W_down and the total length.
-    fn offsets(&self) -> [usize; 8] {
-        let mut o = [0usize; 8];
-        let sizes = [
+    /// Entries of each segment (0 for absent biases), in packing order.
+    fn sizes(&self) -> [usize; 10] {
+        let on = |b: bool, n: usize| if b { n } else { 0 };
+        [
             self.d,
             self.qkv * self.d,
-            if self.bias { self.qkv } else { 0 },
+            on(self.qkv_bias, self.qkv),
             self.d * self.attn,
+            on(self.o_bias, self.d),
             self.d,
             2 * self.ffn * self.d,
+            on(self.mlp_bias, 2 * self.ffn),
             self.d * self.ffn,
-        ];
-        for i in 0..7 {
-            o[i + 1] = o[i] + sizes[i];
-        }
-        o
+            on(self.mlp_bias, self.d),
+        ]
+    }
+
+    /// `(offset, length)` of a segment.
+    fn range(&self, seg: Seg) -> (usize, usize) {
+        let sizes = self.sizes();
+        let i = seg as usize;
+        (sizes[..i].iter().sum(), sizes[i])
+    }
+
+    /// Length of the packed vector.
+    fn total(&self) -> usize {
+        self.sizes().iter().sum()
     }
 }
 
@@ -78,24 +110,52 @@ struct Views {
     wqkv: Tensor,
     bqkv: Option<Tensor>,
     wo: Tensor,
+    bo: Option<Tensor>,
     ln2: Tensor,
     wgu: Tensor,
+    bgu: Option<Tensor>,
     wd: Tensor,
+    bd: Option<Tensor>,
 }
 
 impl Views {
     fn of(flat: &Tensor, p: Packing) -> candle_core::Result<Self> {
-        let o = p.offsets();
-        let part = |i: usize| flat.narrow(0, o[i], o[i + 1] - o[i]);
+        let part = |seg: Seg| {
+            let (o, n) = p.range(seg);
+            flat.narrow(0, o, n)
+        };
+        let opt = |on: bool, seg: Seg| if on { part(seg).map(Some) } else { Ok(None) };
         Ok(Self {
-            ln1: part(0)?,
-            wqkv: part(1)?.reshape((p.qkv, p.d))?,
-            bqkv: if p.bias { Some(part(2)?) } else { None },
-            wo: part(3)?.reshape((p.d, p.attn))?,
-            ln2: part(4)?,
-            wgu: part(5)?.reshape((2 * p.ffn, p.d))?,
-            wd: part(6)?.reshape((p.d, p.ffn))?,
+            ln1: part(Seg::Ln1)?,
+            wqkv: part(Seg::Wqkv)?.reshape((p.qkv, p.d))?,
+            bqkv: opt(p.qkv_bias, Seg::Bqkv)?,
+            wo: part(Seg::Wo)?.reshape((p.d, p.attn))?,
+            bo: opt(p.o_bias, Seg::Bo)?,
+            ln2: part(Seg::Ln2)?,
+            wgu: part(Seg::Wgu)?.reshape((2 * p.ffn, p.d))?,
+            bgu: opt(p.mlp_bias, Seg::Bgu)?,
+            wd: part(Seg::Wd)?.reshape((p.d, p.ffn))?,
+            bd: opt(p.mlp_bias, Seg::Bd)?,
         })
+    }
+}
+
+/// A contiguous tensor's data as an owned CPU storage (the forward result a custom op hands to candle).
+fn to_cpu_storage(t: &Tensor) -> candle_core::Result<CpuStorage> {
+    let flat = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F32 => CpuStorage::F32(flat.to_vec1::<f32>()?),
+        DType::F64 => CpuStorage::F64(flat.to_vec1::<f64>()?),
+        dt => candle_core::bail!("luspo-decoder-layer: unsupported dtype {dt:?}"),
+    })
+}
+
+/// `x Wᵀ (+ b)`.
+fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let y = x.matmul(&w.t()?)?;
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
     }
 }
 
@@ -136,7 +196,7 @@ impl CustomOp2 for LayerOp {
         _s2: &CpuStorage,
         _l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok((attention::to_cpu_storage(&self.y)?, self.y.shape().clone()))
+        Ok((to_cpu_storage(&self.y)?, self.y.shape().clone()))
     }
 
     fn bwd(
@@ -157,7 +217,7 @@ impl CustomOp2 for LayerOp {
         let d_wgu = dgu.t()?.matmul(&self.h2)?;
         let dh2 = dgu.matmul(&w.wgu)?;
         let (dx2_norm, d_ln2) = ops::rms_norm_bwd_no_grad(&self.x2, &w.ln2, &dh2, self.eps)?;
-        let dx2 = (dy + dx2_norm)?;
+        let dx2 = (&dy + dx2_norm)?;
         // x2 = x + o W_oᵀ
         let d_wo = dx2.t()?.matmul(&self.o)?;
         let d_o = dx2.matmul(&w.wo)?;
@@ -172,17 +232,24 @@ impl CustomOp2 for LayerOp {
         let d_wqkv = dqkv.t()?.matmul(&self.h1)?;
         let dh1 = dqkv.matmul(&w.wqkv)?;
         let (dx_norm, d_ln1) = ops::rms_norm_bwd_no_grad(&self.x, &w.ln1, &dh1, self.eps)?;
-        let dx = (dx2 + dx_norm)?;
+        let dx = (&dx2 + dx_norm)?;
+        // a bias gradient is the column sum of its output's gradient
         let mut parts = vec![d_ln1, d_wqkv.flatten_all()?];
-        if p.bias {
+        if p.qkv_bias {
             parts.push(dqkv.sum(0)?);
         }
-        parts.extend([
-            d_wo.flatten_all()?,
-            d_ln2,
-            d_wgu.flatten_all()?,
-            d_wd.flatten_all()?,
-        ]);
+        parts.push(d_wo.flatten_all()?);
+        if p.o_bias {
+            parts.push(dx2.sum(0)?);
+        }
+        parts.extend([d_ln2, d_wgu.flatten_all()?]);
+        if p.mlp_bias {
+            parts.push(dgu.sum(0)?);
+        }
+        parts.push(d_wd.flatten_all()?);
+        if p.mlp_bias {
+            parts.push(dy.sum(0)?);
+        }
         let dflat = Tensor::cat(&parts, 0)?;
         debug_assert_eq!(dx.dims(), [n, d]);
         Ok((Some(dx), Some(dflat)))
@@ -190,7 +257,7 @@ impl CustomOp2 for LayerOp {
 }
 
 /// One differentiable decoder layer on the CPU: `x (N, d)` → `(N, d)`; `cos`/`sin (B, T, hd/2)` RoPE tables and
-/// `bias (B, 1, T, T)` additive mask as for [`attention::attention`]. Gradients reach `x` and every parameter.
+/// `bias (B, 1, T, T)` additive causal and key-padding mask. Gradients reach `x` and every parameter.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn decoder_layer(
     x: &Tensor,
@@ -198,7 +265,7 @@ pub(crate) fn decoder_layer(
     cos: &Tensor,
     sin: &Tensor,
     bias: &Tensor,
-    dims: AttnDims,
+    dims: AttnShape,
     scale: f64,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
@@ -208,7 +275,9 @@ pub(crate) fn decoder_layer(
         qkv: (dims.nh + 2 * dims.nkv) * dims.hd,
         attn: dims.nh * dims.hd,
         ffn: w.wg.dim(0)?,
-        bias: w.bqkv.is_some(),
+        qkv_bias: w.bqkv.is_some(),
+        o_bias: w.bo.is_some(),
+        mlp_bias: w.bmlp.is_some(),
     };
     let mut parts = vec![
         w.ln1.clone(),
@@ -219,31 +288,27 @@ pub(crate) fn decoder_layer(
     if let Some(b) = &w.bqkv {
         parts.extend(b.iter().map(|t| (*t).clone()));
     }
-    parts.extend([
-        w.wo.flatten_all()?,
-        w.ln2.clone(),
-        w.wg.flatten_all()?,
-        w.wu.flatten_all()?,
-        w.wd.flatten_all()?,
-    ]);
+    parts.push(w.wo.flatten_all()?);
+    if let Some(b) = w.bo {
+        parts.push(b.clone());
+    }
+    parts.extend([w.ln2.clone(), w.wg.flatten_all()?, w.wu.flatten_all()?]);
+    if let Some([bg, bu, _]) = w.bmlp {
+        parts.extend([bg.clone(), bu.clone()]);
+    }
+    parts.push(w.wd.flatten_all()?);
+    if let Some([_, _, bd]) = w.bmlp {
+        parts.push(bd.clone());
+    }
     let flat = Tensor::cat(&parts, 0)?;
-    if flat.dim(0)? != packing.offsets()[7] {
+    if flat.dim(0)? != packing.total() {
         candle_core::bail!("decoder layer: parameter sizes do not match the config");
     }
     let v = Views::of(&flat.detach(), packing)?;
     let xd = x.detach().contiguous()?;
     let h1 = ops::rms_norm_no_grad(&xd, &v.ln1, eps)?;
-    let mut qkv = h1.matmul(&v.wqkv.t()?)?;
-    if let Some(b) = &v.bqkv {
-        qkv = qkv.broadcast_add(b)?;
-    }
-    let attn_shape = AttnShape {
-        b: dims.b,
-        t: dims.t,
-        nh: dims.nh,
-        nkv: dims.nkv,
-        hd: dims.hd,
-    };
+    let qkv = linear(&h1, &v.wqkv, v.bqkv.as_ref())?;
+    let attn_shape = dims;
     let rope = Tensor::cat(&[cos, sin], 2)?.contiguous()?;
     let mask = bias.reshape((dims.b, dims.t, dims.t))?.contiguous()?;
     let attn = qkv.contiguous()?.apply_op3_no_bwd(
@@ -257,11 +322,11 @@ pub(crate) fn decoder_layer(
     let o = attn
         .narrow(0, 0, attn_shape.out_len())?
         .reshape((x.dim(0)?, packing.attn))?;
-    let x2 = (&xd + o.matmul(&v.wo.t()?)?)?;
+    let x2 = (&xd + linear(&o, &v.wo, v.bo.as_ref())?)?;
     let h2 = ops::rms_norm_no_grad(&x2, &v.ln2, eps)?;
-    let gu = h2.matmul(&v.wgu.t()?)?;
+    let gu = linear(&h2, &v.wgu, v.bgu.as_ref())?;
     let m = ops::swiglu_packed_no_grad(&gu)?;
-    let y = (&x2 + m.matmul(&v.wd.t()?)?)?;
+    let y = (&x2 + linear(&m, &v.wd, v.bd.as_ref())?)?;
     let op = LayerOp {
         packing,
         eps,

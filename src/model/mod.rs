@@ -8,7 +8,6 @@
 //! - `Transformer::forward_cached(...)` is the no-grad generation path with a `KvCache`.
 //! - `io::load(path, &Device) -> LoadedModel` reads an HF directory or a `.gguf`; `io::save_hf` writes an HF directory.
 
-mod attention;
 pub mod chat;
 pub mod config;
 pub mod io;

@@ -11,11 +11,11 @@
 //! Positions are per row: the running count of real tokens minus one (clamped at 0), so left and right padding give
 //! the same numbers for the real tokens as the unpadded sequence (HF with `position_ids` derived from the mask).
 
-use super::attention::{self, AttnDims};
 use super::config::RopeFreqs;
 use super::layer;
 use super::Config;
 use crate::ops;
+use crate::ops::attn::AttnShape;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -124,15 +124,16 @@ struct Layer {
 }
 
 impl Layer {
-    /// The parameters as the fused decoder layer takes them; `None` when the layer has biases it does not cover
-    /// (`o_proj` or MLP biases, or only some of q/k/v).
+    /// The parameters as the fused decoder layer takes them; `None` for bias combinations no HF config produces
+    /// (only some of q/k/v, or only some of gate/up/down).
     fn fused_params(&self) -> Option<layer::LayerParams<'_>> {
-        let mlp_bias = self.gate.b.is_some() || self.up.b.is_some() || self.down.b.is_some();
-        if self.o.b.is_some() || mlp_bias {
-            return None;
-        }
         let bqkv = match (&self.q.b, &self.k.b, &self.v.b) {
             (Some(q), Some(k), Some(v)) => Some([q, k, v]),
+            (None, None, None) => None,
+            _ => return None,
+        };
+        let bmlp = match (&self.gate.b, &self.up.b, &self.down.b) {
+            (Some(g), Some(u), Some(d)) => Some([g, u, d]),
             (None, None, None) => None,
             _ => return None,
         };
@@ -143,10 +144,12 @@ impl Layer {
             wv: &self.v.w,
             bqkv,
             wo: &self.o.w,
+            bo: self.o.b.as_ref(),
             ln2: &self.post_attention_layernorm,
             wg: &self.gate.w,
             wu: &self.up.w,
             wd: &self.down.w,
+            bmlp,
         })
     }
 
@@ -546,9 +549,9 @@ impl Transformer {
         };
         let scale = 1.0 / (hd as f64).sqrt();
         let r = self.reference_ops;
-        // The fused attention node (CPU): half-width tables as candle's rope wants them.
-        let fused_attn = !r && self.device.is_cpu();
-        let (cos, sin) = if fused_attn {
+        // The fused decoder layer (CPU) takes half-width RoPE tables; `ops::rope` full-width ones.
+        let fused = !r && self.device.is_cpu();
+        let (cos, sin) = if fused {
             (
                 self.host_tensor(cos_h, (b, t, half))?,
                 self.host_tensor(sin_h, (b, t, half))?,
@@ -588,38 +591,38 @@ impl Transformer {
                 ops::rope(x, &cos, &sin)
             }
         };
-        let dims = AttnDims { b, t, nh, nkv, hd };
+        let dims = AttnShape { b, t, nh, nkv, hd };
         // Activations stay 2-D (B·T, d): no reshape nodes around the linear layers.
         let mut x = w.embed.index_select(&ids.flatten_all()?, 0)?;
-        for l in &w.layers {
-            if fused_attn {
-                if let Some(p) = l.fused_params() {
-                    x = layer::decoder_layer(&x, &p, &cos, &sin, &bias, dims, scale, eps)?;
-                    continue;
-                }
+        for (i, l) in w.layers.iter().enumerate() {
+            if fused {
+                let p = l.fused_params().ok_or_else(|| {
+                    crate::input_err!(
+                        "layer {i}: q/k/v biases and gate/up/down biases must each be all present or all absent"
+                    )
+                })?;
+                x = layer::decoder_layer(&x, &p, &cos, &sin, &bias, dims, scale, eps)?;
+                continue;
             }
             let h = norm(&x, &l.input_layernorm)?;
             let (q, k, v) = (l.q.forward(&h)?, l.k.forward(&h)?, l.v.forward(&h)?);
-            let o = if fused_attn {
-                attention::attention(&q, &k, &v, &cos, &sin, &bias, dims, scale)?
+            let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?;
+            let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let q = rope(&q)?; // contiguous (B,H,T,hd)
+            let k = rope(&k)?;
+            let scores = q.reshape((b, nkv, rep * t, hd))?.matmul(&k.t()?)?;
+            let scores = scores.reshape((b, nh, t, t))?;
+            let p = if r {
+                ops::composed_scaled_masked_softmax(&scores, scale, &bias)?
             } else {
-                let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-                let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-                let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-                let q = rope(&q)?; // contiguous (B,H,T,hd)
-                let k = rope(&k)?;
-                let scores = q.reshape((b, nkv, rep * t, hd))?.matmul(&k.t()?)?;
-                let scores = scores.reshape((b, nh, t, t))?;
-                let p = if r {
-                    ops::composed_scaled_masked_softmax(&scores, scale, &bias)?
-                } else {
-                    ops::scaled_masked_softmax(&scores, scale, &bias)?
-                };
-                let o = p.reshape((b, nkv, rep * t, t))?.matmul(&v)?;
-                o.reshape((b, nh, t, hd))?
-                    .transpose(1, 2)?
-                    .reshape((b * t, nh * hd))?
+                ops::scaled_masked_softmax(&scores, scale, &bias)?
             };
+            let o = p.reshape((b, nkv, rep * t, t))?.matmul(&v)?;
+            let o = o
+                .reshape((b, nh, t, hd))?
+                .transpose(1, 2)?
+                .reshape((b * t, nh * hd))?;
             x = (x + l.o.forward(&o)?)?;
             let h = norm(&x, &l.post_attention_layernorm)?;
             let (g, u) = (l.gate.forward(&h)?, l.up.forward(&h)?);
@@ -855,17 +858,20 @@ mod tests {
         .unwrap()
     }
 
-    /// Llama and Qwen2 layers take the whole-layer node; layers with o_proj/MLP biases fall back to the per-op path.
+    /// Every Llama and Qwen2 bias layout takes the whole-layer node, with the biases the config asks for.
     #[test]
-    fn which_layers_take_the_fused_node() {
-        assert!(model(serde_json::json!({})).w.layers[0]
-            .fused_params()
-            .is_some());
+    fn every_bias_layout_takes_the_fused_node() {
+        let plain = model(serde_json::json!({}));
+        let p = plain.w.layers[0].fused_params().unwrap();
+        assert!(p.bqkv.is_none() && p.bo.is_none() && p.bmlp.is_none());
         let qwen = model(serde_json::json!({"model_type": "qwen2"}));
-        assert!(qwen.w.layers[0].fused_params().unwrap().bqkv.is_some());
-        let biased = model(serde_json::json!({"attention_bias": true}));
-        assert!(biased.w.layers[0].fused_params().is_none());
-        let mlp_biased = model(serde_json::json!({"mlp_bias": true}));
-        assert!(mlp_biased.w.layers[0].fused_params().is_none());
+        let p = qwen.w.layers[0].fused_params().unwrap();
+        assert!(p.bqkv.is_some() && p.bo.is_none() && p.bmlp.is_none());
+        let attn = model(serde_json::json!({"attention_bias": true}));
+        let p = attn.w.layers[0].fused_params().unwrap();
+        assert!(p.bqkv.is_some() && p.bo.is_some() && p.bmlp.is_none());
+        let mlp = model(serde_json::json!({"mlp_bias": true}));
+        let p = mlp.w.layers[0].fused_params().unwrap();
+        assert!(p.bqkv.is_none() && p.bo.is_none() && p.bmlp.is_some());
     }
 }
