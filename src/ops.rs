@@ -155,6 +155,21 @@ macro_rules! float_dispatch {
 
 // after `float_dispatch`, which it uses
 pub(crate) mod attn;
+pub(crate) mod gemv;
+
+/// A raw pointer that may cross rayon tasks: every task writes a disjoint region.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+// SAFETY: only used to hand disjoint output regions to rayon tasks.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper rather than the raw field).
+    pub(crate) fn get(&self) -> *mut T {
+        self.0
+    }
+}
 
 /// Last-dimension size, treating a rank-0 tensor as one row of length 1.
 fn last_dim(shape: &Shape) -> usize {

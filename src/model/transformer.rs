@@ -74,6 +74,16 @@ impl Linear {
         if n > SMALL_ROWS || !x.device().is_cpu() {
             return self.forward(x);
         }
+        if let Some(y) = ops::gemv::small_rows_xwt(&x.reshape((n, in_dim))?, &self.w)? {
+            let y = match &self.b {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            };
+            let mut out_dims = dims;
+            let last = out_dims.len() - 1;
+            out_dims[last] = self.w.dim(0)?;
+            return y.reshape(out_dims);
+        }
         let xt = x.reshape((n, in_dim))?.t()?.contiguous()?;
         let mut y = self.w.matmul(&xt)?.t()?.contiguous()?;
         if let Some(b) = &self.b {

@@ -10,7 +10,7 @@
 //! The forward output is one flat buffer `[out (N·nh·hd) | q_rot (B·nh·T·hd) | k_rot (B·nkv·T·hd) | v (B·nkv·T·hd) |
 //! p (B·nh·T·T)]`: the attention output followed by what the backward needs.
 
-use super::{data, row_max, sum1, sum2, CResult, Elem};
+use super::{data, row_max, sum1, sum2, CResult, Elem, SendPtr};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, WithDType};
 use gemm::Parallelism;
@@ -57,19 +57,6 @@ impl AttnShape {
     /// Length of the attention output at the start of the flat output.
     pub(crate) fn out_len(&self) -> usize {
         self.parts()[0]
-    }
-}
-
-/// A raw pointer that may cross rayon tasks: every task writes a disjoint region.
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-
-impl<T> SendPtr<T> {
-    /// The pointer (a method, so closures capture the whole `Send` wrapper rather than the raw field).
-    fn get(&self) -> *mut T {
-        self.0
     }
 }
 
