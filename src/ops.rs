@@ -21,6 +21,7 @@
 //!   candle thread settings for 2-core machines.
 //! - `attn` (crate-internal): per-head attention kernels, forward and backward, for the fused decoder layer of
 //!   `model::layer`; the `*_no_grad` functions here are that layer's other building blocks.
+//! - `gemv` (crate-internal): `x Wᵀ` for the few rows of a decoding step (AVX-512), for generation.
 //!
 //! Kernels split their rows into blocks of about 16k elements and run the blocks on rayon's current pool. The
 //! blocks depend only on the shapes, so results are bitwise identical for any thread count.
