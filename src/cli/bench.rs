@@ -64,7 +64,6 @@ pub fn tiny_bench_config() -> Config {
 
 /// Runs `luspo bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    crate::ops::tune_malloc();
     let device = crate::model::io::parse_device(&args.device)?;
     let (mut model, varmap) = match (&args.model, &args.config) {
         (Some(path), _) => {

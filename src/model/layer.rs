@@ -208,7 +208,6 @@ impl CustomOp2 for LayerOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let w = &self.params;
         let p = self.packing;
-        let (n, d) = (self.x.dim(0)?, p.d);
         let dy = grad.detach().contiguous()?;
         // y = x2 + m W_dᵀ
         let d_wd = dy.t()?.matmul(&self.m)?;
@@ -251,20 +250,19 @@ impl CustomOp2 for LayerOp {
             parts.push(dy.sum(0)?);
         }
         let dflat = Tensor::cat(&parts, 0)?;
-        debug_assert_eq!(dx.dims(), [n, d]);
         Ok((Some(dx), Some(dflat)))
     }
 }
 
-/// One differentiable decoder layer on the CPU: `x (N, d)` → `(N, d)`; `cos`/`sin (B, T, hd/2)` RoPE tables and
-/// `bias (B, 1, T, T)` additive causal and key-padding mask. Gradients reach `x` and every parameter.
+/// One differentiable decoder layer on the CPU: `x (N, d)` → `(N, d)`; `rope (B, T, hd)` RoPE rows `[cos | sin]`
+/// and `mask (B, T, T)` additive causal and key-padding mask, as `ops::attn` reads them. Gradients reach `x` and
+/// every parameter.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn decoder_layer(
     x: &Tensor,
     w: &LayerParams,
-    cos: &Tensor,
-    sin: &Tensor,
-    bias: &Tensor,
+    rope: &Tensor,
+    mask: &Tensor,
     dims: AttnShape,
     scale: f64,
     eps: f64,
@@ -308,19 +306,11 @@ pub(crate) fn decoder_layer(
     let xd = x.detach().contiguous()?;
     let h1 = ops::rms_norm_no_grad(&xd, &v.ln1, eps)?;
     let qkv = linear(&h1, &v.wqkv, v.bqkv.as_ref())?;
-    let attn_shape = dims;
-    let rope = Tensor::cat(&[cos, sin], 2)?.contiguous()?;
-    let mask = bias.reshape((dims.b, dims.t, dims.t))?.contiguous()?;
-    let attn = qkv.contiguous()?.apply_op3_no_bwd(
-        &rope,
-        &mask,
-        &AttnFwdOp {
-            shape: attn_shape,
-            scale,
-        },
-    )?;
+    let attn = qkv
+        .contiguous()?
+        .apply_op3_no_bwd(rope, mask, &AttnFwdOp { shape: dims, scale })?;
     let o = attn
-        .narrow(0, 0, attn_shape.out_len())?
+        .narrow(0, 0, dims.out_len())?
         .reshape((x.dim(0)?, packing.attn))?;
     let x2 = (&xd + linear(&o, &v.wo, v.bo.as_ref())?)?;
     let h2 = ops::rms_norm_no_grad(&x2, &v.ln2, eps)?;
@@ -330,9 +320,9 @@ pub(crate) fn decoder_layer(
     let op = LayerOp {
         packing,
         eps,
-        attn_shape,
+        attn_shape: dims,
         scale,
-        rope,
+        rope: rope.clone(),
         y,
         x: xd,
         h1,

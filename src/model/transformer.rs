@@ -548,30 +548,8 @@ impl Transformer {
         let (cos_h, sin_h) = self.rope_host(&flat);
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_kv_heads(), c.head_dim());
         let half = hd / 2;
-        // Full-width tables (B,T,hd) = cat(c, c), the layout of `ops::rope`.
-        let full = |src: &[f64]| -> Vec<f64> {
-            let mut out = Vec::with_capacity(src.len() * 2);
-            for chunk in src.chunks(half) {
-                out.extend_from_slice(chunk);
-                out.extend_from_slice(chunk);
-            }
-            out
-        };
         let scale = 1.0 / (hd as f64).sqrt();
         let r = self.reference_ops;
-        // The fused decoder layer (CPU) takes half-width RoPE tables; `ops::rope` full-width ones.
-        let fused = !r && self.device.is_cpu();
-        let (cos, sin) = if fused {
-            (
-                self.host_tensor(cos_h, (b, t, half))?,
-                self.host_tensor(sin_h, (b, t, half))?,
-            )
-        } else {
-            (
-                self.host_tensor(full(&cos_h), (b, t, hd))?,
-                self.host_tensor(full(&sin_h), (b, t, hd))?,
-            )
-        };
         // Causal + key-padding additive mask (B,1,T,T).
         let mut bias = vec![0f64; b * t * t];
         for (bi, row) in mask.iter().enumerate() {
@@ -585,7 +563,6 @@ impl Transformer {
             }
         }
         let bias = self.host_tensor(bias, (b, 1, t, t))?;
-        let rep = nh / nkv;
         let eps = c.rms_norm_eps;
         let norm = |x: &Tensor, wt: &Tensor| {
             if r {
@@ -594,6 +571,40 @@ impl Transformer {
                 ops::rms_norm(x, wt, eps)
             }
         };
+        // Activations stay 2-D (B·T, d): no reshape nodes around the linear layers.
+        let mut x = w.embed.index_select(&ids.flatten_all()?, 0)?;
+        if !r && self.device.is_cpu() {
+            // One fused node per layer; the tables it reads are built once: RoPE rows `[cos | sin]` of half width
+            // `(B,T,hd)` and the mask as `(B,T,T)`.
+            let mut packed = Vec::with_capacity(2 * cos_h.len());
+            for (ch, sh) in cos_h.chunks(half).zip(sin_h.chunks(half)) {
+                packed.extend_from_slice(ch);
+                packed.extend_from_slice(sh);
+            }
+            let rope = self.host_tensor(packed, (b, t, hd))?;
+            let mask = bias.reshape((b, t, t))?;
+            let dims = AttnShape { b, t, nh, nkv, hd };
+            for (i, l) in w.layers.iter().enumerate() {
+                let p = l.fused_params().ok_or_else(|| {
+                    crate::input_err!(
+                        "layer {i}: q/k/v biases and gate/up/down biases must each be all present or all absent"
+                    )
+                })?;
+                x = layer::decoder_layer(&x, &p, &rope, &mask, dims, scale, eps)?;
+            }
+            return Ok(norm(&x, &w.norm)?.reshape((b, t, c.hidden_size))?);
+        }
+        // Full-width tables (B,T,hd) = cat(c, c), the layout of `ops::rope`.
+        let full = |src: &[f64]| -> Vec<f64> {
+            let mut out = Vec::with_capacity(src.len() * 2);
+            for chunk in src.chunks(half) {
+                out.extend_from_slice(chunk);
+                out.extend_from_slice(chunk);
+            }
+            out
+        };
+        let cos = self.host_tensor(full(&cos_h), (b, t, hd))?;
+        let sin = self.host_tensor(full(&sin_h), (b, t, hd))?;
         let rope = |x: &Tensor| {
             if r {
                 ops::composed_rope(x, &cos, &sin)
@@ -601,19 +612,8 @@ impl Transformer {
                 ops::rope(x, &cos, &sin)
             }
         };
-        let dims = AttnShape { b, t, nh, nkv, hd };
-        // Activations stay 2-D (B·T, d): no reshape nodes around the linear layers.
-        let mut x = w.embed.index_select(&ids.flatten_all()?, 0)?;
-        for (i, l) in w.layers.iter().enumerate() {
-            if fused {
-                let p = l.fused_params().ok_or_else(|| {
-                    crate::input_err!(
-                        "layer {i}: q/k/v biases and gate/up/down biases must each be all present or all absent"
-                    )
-                })?;
-                x = layer::decoder_layer(&x, &p, &cos, &sin, &bias, dims, scale, eps)?;
-                continue;
-            }
+        let rep = nh / nkv;
+        for l in &w.layers {
             let h = norm(&x, &l.input_layernorm)?;
             let (q, k, v) = (l.q.forward(&h)?, l.k.forward(&h)?, l.v.forward(&h)?);
             let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?;
