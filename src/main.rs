@@ -15,6 +15,8 @@ struct Args {
 enum Command {
     /// Loss and d loss / d logp of one objective on given numbers (JSON on stdin).
     Loss(cli::loss::LossArgs),
+    /// What a reward-shaping / advantage method makes of given groups (JSON on stdin).
+    Advantage(cli::advantage::AdvantageArgs),
     /// Per-token log-probabilities of given token sequences (JSON on stdin).
     Score(cli::score::ScoreArgs),
     /// Sample a completion from a model.
@@ -39,6 +41,7 @@ fn main() {
     // with the pool's workers.
     let result = candle_core::Device::Cpu.with_context(|| match args.command {
         Command::Loss(a) => cli::loss::run(a),
+        Command::Advantage(a) => cli::advantage::run(a),
         Command::Score(a) => cli::score::run(a),
         Command::Generate(a) => cli::generate::run(a),
         Command::Bench(a) => cli::bench::run(a),

@@ -1,5 +1,6 @@
 //! One file per subcommand: its clap arguments and a `run` that wires library calls. No logic worth testing.
 
+pub mod advantage;
 pub mod bench;
 pub mod compare;
 pub mod generate;

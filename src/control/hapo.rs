@@ -54,6 +54,22 @@ pub fn length_reward(len: usize, correct: bool, h: Option<f64>, floor: f64) -> f
     }
 }
 
+/// Lowers history `key` of `g`'s prompt to the group's shortest correct length (unset until one is correct).
+pub fn update_shortest(g: &Group, history: &mut History, key: &str) {
+    let shortest = g
+        .responses
+        .iter()
+        .filter(|r| r.correct)
+        .map(|r: &Response| r.length as f64)
+        .fold(f64::INFINITY, f64::min);
+    if shortest.is_finite() {
+        let h = history
+            .get(&g.prompt_id, key)
+            .map_or(shortest, |h| h.min(shortest));
+        history.set(&g.prompt_id, key, h);
+    }
+}
+
 impl Method for HapoParams {
     fn shape(&self, groups: &[Group], history: &History, _: StepInfo) -> Vec<Vec<f64>> {
         groups
@@ -72,18 +88,7 @@ impl Method for HapoParams {
 
     fn update(&self, groups: &[Group], history: &mut History) {
         for g in groups {
-            let shortest = g
-                .responses
-                .iter()
-                .filter(|r| r.correct)
-                .map(|r: &Response| r.length as f64)
-                .fold(f64::INFINITY, f64::min);
-            if shortest.is_finite() {
-                let h = history
-                    .get(&g.prompt_id, H)
-                    .map_or(shortest, |h| h.min(shortest));
-                history.set(&g.prompt_id, H, h);
-            }
+            update_shortest(g, history, H);
         }
     }
 }

@@ -9,10 +9,16 @@
 //! one typed struct (`[control.<name>]` in the run TOML, `"params"` in `luspo advantage`), documented in
 //! docs/config.md with the paper's symbols.
 
+pub mod canon;
+pub mod ceeh;
 pub mod dler;
+pub mod dot;
 pub mod grpo_lambda;
 pub mod hapo;
+pub mod json;
 pub mod l_grpo;
+pub mod pear;
+pub mod ttrl;
 
 use crate::advantage::Estimator;
 use crate::{input_err, Result};
@@ -36,9 +42,23 @@ pub struct Response {
     /// [`Method::needs_entropies`] is true).
     #[serde(default)]
     pub entropies: Option<Vec<f32>>,
+    /// The extracted answer (filled only for methods whose [`Method::needs_answers`] is true).
+    #[serde(default)]
+    pub answer: Option<String>,
+    /// Index of the `</think>` token in the response, if it has one (PEAR's phase split).
+    #[serde(default)]
+    pub think_end: Option<usize>,
 }
 
 impl Response {
+    /// Mean per-token entropy (0 without entropies).
+    pub fn mean_entropy(&self) -> f64 {
+        match self.entropies.as_deref() {
+            Some(e) if !e.is_empty() => e.iter().map(|&x| x as f64).sum::<f64>() / e.len() as f64,
+            _ => 0.0,
+        }
+    }
+
     /// The verifier reward, or 1/0 accuracy when none was given.
     pub fn base_reward(&self) -> f64 {
         self.reward.unwrap_or(if self.correct { 1.0 } else { 0.0 })
@@ -85,7 +105,7 @@ impl History {
 }
 
 /// Where in training the step is (for schedules).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StepInfo {
     /// The RL step being computed, from 1.
     pub step: u64,
@@ -125,6 +145,18 @@ pub trait Method {
     fn needs_entropies(&self) -> bool {
         false
     }
+    /// Whether [`Response::answer`] must be filled before [`Method::shape`].
+    fn needs_answers(&self) -> bool {
+        false
+    }
+    /// Stage 3 (rollout post-processing): the length to cut each response to (`None` = keep), before shaping;
+    /// the trainer re-verifies the cut text. Default: no cuts.
+    fn cut(&self, groups: &[Group]) -> Vec<Vec<Option<usize>>> {
+        groups
+            .iter()
+            .map(|g| vec![None; g.responses.len()])
+            .collect()
+    }
     /// The shaped reward of every response, group by group (stage 4); `history` is the state before this step.
     fn shape(&self, groups: &[Group], history: &History, at: StepInfo) -> Vec<Vec<f64>>;
     /// Updates the per-prompt history with the step's groups (stage 5), after the rewards. Default: nothing.
@@ -133,14 +165,15 @@ pub trait Method {
     fn estimator(&self) -> Option<Estimator> {
         None
     }
-    /// The advantages of the kept `groups` (stage 7) from their shaped `rewards`, with the history after the
-    /// step's update. Default: `estimator` (the method's own, or the configured one) over the rewards.
+    /// The advantages of the kept `groups` (stage 7) from their shaped `rewards`, with the history the shaping
+    /// saw (the step's update comes after). Default: `estimator` (the method's own, or the configured one).
     fn advantages(
         &self,
         _groups: &[Group],
         rewards: &[Vec<f64>],
         _history: &History,
         estimator: Estimator,
+        _at: StepInfo,
     ) -> Advantages {
         Advantages {
             seq: estimator_advantages(rewards, estimator),
@@ -152,12 +185,17 @@ pub trait Method {
 /// The verifier reward unchanged (`method = "none"`).
 pub struct Plain;
 
+/// The verifier reward of every response, group by group.
+pub fn base_rewards(groups: &[Group]) -> Vec<Vec<f64>> {
+    groups
+        .iter()
+        .map(|g| g.responses.iter().map(Response::base_reward).collect())
+        .collect()
+}
+
 impl Method for Plain {
     fn shape(&self, groups: &[Group], _: &History, _: StepInfo) -> Vec<Vec<f64>> {
-        groups
-            .iter()
-            .map(|g| g.responses.iter().map(Response::base_reward).collect())
-            .collect()
+        base_rewards(groups)
     }
 }
 
@@ -178,13 +216,23 @@ pub enum MethodName {
     LGrpo,
     /// GRPO-λ: length-penalised reward for the top-λ most accurate groups of the batch.
     GrpoLambda,
+    /// DOT: outlier truncation in all-correct groups, re-verified.
+    Dot,
+    /// CEEH: difficulty EMA, easy-prompt length penalty, hard-prompt entropy advantage.
+    Ceeh,
+    /// PEAR: phase-entropy-aware reward.
+    Pear,
+    /// CANON: conditional advantages over the halves split by length or entropy.
+    Canon,
+    /// TTRL: label-free majority-vote reward.
+    Ttrl,
 }
 
 /// `[control]`: which method, and the parameters of each (only the chosen method's are used).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
-    /// The method: none, dler, da_dler, hapo, l_grpo, grpo_lambda. Default none.
+    /// The method: none, dler, da_dler, hapo, l_grpo, grpo_lambda, dot, ceeh, pear, canon, ttrl. Default none.
     pub method: MethodName,
     /// DLER parameters.
     pub dler: dler::DlerParams,
@@ -196,6 +244,16 @@ pub struct ControlConfig {
     pub l_grpo: l_grpo::LGrpoParams,
     /// GRPO-λ parameters.
     pub grpo_lambda: grpo_lambda::GrpoLambdaParams,
+    /// DOT parameters.
+    pub dot: dot::DotParams,
+    /// CEEH parameters.
+    pub ceeh: ceeh::CeehParams,
+    /// PEAR parameters.
+    pub pear: pear::PearParams,
+    /// CANON parameters.
+    pub canon: canon::CanonParams,
+    /// TTRL (no parameters).
+    pub ttrl: ttrl::TtrlParams,
 }
 
 impl ControlConfig {
@@ -226,6 +284,11 @@ impl ControlConfig {
             MethodName::Hapo => self.hapo.validate(),
             MethodName::LGrpo => self.l_grpo.validate(),
             MethodName::GrpoLambda => self.grpo_lambda.validate(),
+            MethodName::Dot => self.dot.validate(),
+            MethodName::Ceeh => self.ceeh.validate(),
+            MethodName::Pear => self.pear.validate(),
+            MethodName::Canon => self.canon.validate(),
+            MethodName::Ttrl => self.ttrl.validate(),
         }
     }
 
@@ -238,6 +301,11 @@ impl ControlConfig {
             MethodName::Hapo => Box::new(self.hapo.clone()),
             MethodName::LGrpo => Box::new(self.l_grpo.clone()),
             MethodName::GrpoLambda => Box::new(self.grpo_lambda.clone()),
+            MethodName::Dot => Box::new(self.dot.clone()),
+            MethodName::Ceeh => Box::new(self.ceeh.clone()),
+            MethodName::Pear => Box::new(self.pear.clone()),
+            MethodName::Canon => Box::new(self.canon.clone()),
+            MethodName::Ttrl => Box::new(self.ttrl.clone()),
         }
     }
 

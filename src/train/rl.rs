@@ -16,7 +16,7 @@ use crate::control::{self, Group, Response, StepInfo};
 use crate::metrics::{EvalRecord, RolloutRecord, StepMetrics, Summary};
 use crate::model::Transformer;
 use crate::objective::{self, ObjectiveStats, PolicyInputs, ResolvedObjective};
-use crate::reward::{self, RewardBreakdown, RewardConfig};
+use crate::reward::{self, RewardBreakdown, RewardConfig, Verifier};
 use crate::rollout::{token_logprobs, Batch, SamplingParams};
 use crate::task::Task;
 use crate::{input_err, Result};
@@ -77,6 +77,8 @@ struct Ctx<'a> {
     reward: RewardConfig,
     control: Box<dyn control::Method>,
     estimator: advantage::Estimator,
+    /// The `</think>` token id, if the tokenizer has one (PEAR's phase split).
+    think_end_id: Option<u32>,
     policy: Policy,
     reference: Option<Transformer>,
     opt: AdamW,
@@ -218,6 +220,7 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
         reward,
         control: cfg.control.build(),
         estimator: cfg.estimator()?,
+        think_end_id: policy.tok().token_to_id("</think>"),
         policy,
         reference,
         opt,
@@ -390,6 +393,35 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
+/// Scores one response: the verifier's breakdown and the shaping stage's view of it.
+fn score_response(
+    ctx: &Ctx,
+    verifier: &Verifier,
+    ids: &[u32],
+    answer: &str,
+    truncated: bool,
+) -> Result<(RewardBreakdown, Response)> {
+    let text = ctx.policy.decode(ids)?;
+    let r = reward::score(&ctx.reward, verifier, &text, answer, ids.len(), truncated);
+    let extracted = if ctx.control.needs_answers() {
+        verifier.check(&text, answer).extracted
+    } else {
+        None
+    };
+    let resp = Response {
+        length: ids.len(),
+        correct: r.accuracy > 0.5,
+        truncated,
+        reward: Some(r.total),
+        entropies: None,
+        answer: extracted,
+        think_end: ctx
+            .think_end_id
+            .and_then(|t| ids.iter().position(|&x| x == t)),
+    };
+    Ok((r, resp))
+}
+
 /// The per-token tensors of a set of samples.
 struct MiniBatch {
     batch: Batch,
@@ -539,23 +571,9 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
             for gi in 0..g {
                 let c = &outs[pi * g + gi];
                 generated_tokens += c.ids.len();
-                let text = ctx.policy.decode(&c.ids)?;
                 let truncated = !c.finished;
-                let r = reward::score(
-                    &ctx.reward,
-                    &verifier,
-                    &text,
-                    &problem.answer,
-                    c.ids.len(),
-                    truncated,
-                );
-                responses.push(Response {
-                    length: c.ids.len(),
-                    correct: r.accuracy > 0.5,
-                    truncated,
-                    reward: Some(r.total),
-                    entropies: None,
-                });
+                let (r, resp) = score_response(ctx, &verifier, &c.ids, &problem.answer, truncated)?;
+                responses.push(resp);
                 samples.push(Sample {
                     group,
                     prompt_id: problem.id.clone(),
@@ -575,6 +593,25 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                 prompt_id: problem.id.clone(),
                 responses,
             });
+        }
+        // Stage 3: the method's cuts (DOT), re-verified on the cut text.
+        for (gl, cuts) in ctx.control.cut(&round).into_iter().enumerate() {
+            for (j, t) in cuts.into_iter().enumerate() {
+                let Some(t) = t else { continue };
+                let i = first_sample + gl * g + j;
+                let s = &mut samples[i];
+                s.response.truncate(t);
+                let answer = &problems[gl].answer;
+                let (r, resp) = score_response(ctx, &verifier, &s.response, answer, false)?;
+                let s = &mut samples[i];
+                s.reward = r;
+                s.shaped = r.total;
+                s.train = s.train && !s.response.is_empty();
+                round[gl].responses[j] = Response {
+                    truncated: s.truncated,
+                    ..resp
+                };
+            }
         }
         if ctx.control.needs_entropies() {
             let idx: Vec<usize> = (first_sample..samples.len())
@@ -615,7 +652,6 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
         }
     }
     kept_groups.truncate(p_count);
-    ctx.control.update(&step_groups, &mut state.history);
 
     // Advantages over the kept groups (samples of group `gi` are `gi·G .. (gi+1)·G`).
     kept_groups.sort_unstable();
@@ -632,7 +668,10 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
         &kept_rewards,
         &state.history,
         ctx.estimator,
+        at,
     );
+    // History after the step's rewards (and advantages): this batch affects the next step only.
+    ctx.control.update(&step_groups, &mut state.history);
     for (k, &gi) in kept_groups.iter().enumerate() {
         for j in 0..g {
             let s = &mut samples[gi * g + j];
