@@ -12,6 +12,8 @@ fn resp(length: usize, correct: bool) -> Response {
         truncated: false,
         reward: None,
         entropies: None,
+        answer: None,
+        think_end: None,
     }
 }
 
@@ -205,4 +207,209 @@ fn bad_method_or_params_name_the_key() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("control.hapo.w"), "{e}");
+}
+
+fn with_entropies(mut r: Response, e: &[f32]) -> Response {
+    r.entropies = Some(e.to_vec());
+    r
+}
+
+#[test]
+fn canon_matches_the_half_baselines_and_ignores_order() {
+    // Lengths 1, 2 (low half) and 3, 4 (high half); rewards 0, 1, 1, 1; C = 10.
+    let c = cfg("canon", serde_json::json!({"c": 10.0}));
+    let m = c.build();
+    let g = group(
+        "q",
+        vec![resp(3, true), resp(1, false), resp(4, true), resp(2, true)],
+    );
+    let r = vec![vec![1.0, 0.0, 1.0, 1.0]];
+    let a = m
+        .advantages(&[g.clone()], &r, &History::default(), Estimator::Grpo, AT)
+        .seq;
+    // μ = 1, α = 1, β = 0: high half (R − mean_low = 0.5)/C; low half R − mean_high (= 1).
+    let want = [0.5 / 10.0, -1.0 / 10.0, 0.5 / 10.0, 0.0];
+    for (x, y) in a[0].iter().zip(want) {
+        assert!((x - y).abs() < 1e-12, "{a:?}");
+    }
+    // μ = 0: A = (R − mean of own half)/C.
+    let m0 = cfg("canon", serde_json::json!({"c": 10.0, "mu": 0.0})).build();
+    let a0 = m0
+        .advantages(&[g.clone()], &r, &History::default(), Estimator::Grpo, AT)
+        .seq;
+    let want0 = [0.0, -0.5 / 10.0, 0.0, 0.5 / 10.0];
+    for (x, y) in a0[0].iter().zip(want0) {
+        assert!((x - y).abs() < 1e-12, "{a0:?}");
+    }
+    // Reversed input order: the same advantage per response.
+    let mut rev = g.clone();
+    rev.responses.reverse();
+    let rr = vec![vec![1.0, 1.0, 0.0, 1.0]];
+    let ar = m
+        .advantages(&[rev], &rr, &History::default(), Estimator::Grpo, AT)
+        .seq;
+    let mut back = ar[0].clone();
+    back.reverse();
+    assert_eq!(back, a[0]);
+    // The entropy variant splits by mean entropy and needs entropies.
+    let me = cfg("canon", serde_json::json!({"metric": "entropy", "c": 1.0})).build();
+    assert!(me.needs_entropies());
+    let ge = group(
+        "e",
+        vec![
+            with_entropies(resp(9, true), &[0.1]),
+            with_entropies(resp(1, false), &[2.0]),
+        ],
+    );
+    let ae = me
+        .advantages(
+            &[ge],
+            &[vec![1.0, 0.0]],
+            &History::default(),
+            Estimator::Grpo,
+            AT,
+        )
+        .seq;
+    // Low entropy half = the correct one: 1 − 0 = 1; high half: 0 − 1 = −1.
+    assert_eq!(ae, vec![vec![1.0, -1.0]]);
+}
+
+#[test]
+fn pear_penalises_thinking_entropy_of_correct_answers() {
+    let m = cfg("pear", serde_json::json!({})).build();
+    assert!(m.needs_entropies());
+    let mut calm = with_entropies(resp(4, true), &[0.2, 0.2, 9.0, 0.5]);
+    calm.think_end = Some(2); // think mean 0.2 ≤ answer mean 0.5: exactly 1.
+    let mut hot = with_entropies(resp(4, true), &[0.8, 0.8, 9.0, 0.5]);
+    hot.think_end = Some(2); // P = 0.8 − 0.5 = 0.3.
+    let wrong = with_entropies(resp(4, false), &[5.0, 5.0, 5.0, 5.0]);
+    let plain = with_entropies(resp(2, true), &[0.25, 0.75]); // no </think>: P = mean 0.5.
+    let r = &m.shape(
+        &[group("q", vec![calm, hot, wrong, plain])],
+        &History::default(),
+        AT,
+    )[0];
+    assert_eq!(r[0], 1.0);
+    assert!((r[1] - 0.7).abs() < 1e-6, "{r:?}");
+    assert_eq!(r[2], 0.0);
+    assert!((r[3] - 0.5).abs() < 1e-6, "{r:?}");
+}
+
+#[test]
+fn ttrl_rewards_the_majority_answer() {
+    let m = cfg("ttrl", serde_json::json!({})).build();
+    assert!(m.needs_answers());
+    let a = |x: Option<&str>, correct| Response {
+        answer: x.map(String::from),
+        ..resp(3, correct)
+    };
+    // "7" is the mode (2 of 4), whatever the gold says; no answer never matches.
+    let g = group(
+        "q",
+        vec![
+            a(Some("7"), false),
+            a(Some("3"), true),
+            a(Some(" 7"), false),
+            a(None, false),
+        ],
+    );
+    assert_eq!(
+        m.shape(&[g], &History::default(), AT),
+        vec![vec![1.0, 0.0, 1.0, 0.0]]
+    );
+    // A tie goes to the smallest answer; a group without answers gets 0.
+    let t = group("t", vec![a(Some("b"), false), a(Some("a"), false)]);
+    let n = group("n", vec![a(None, true)]);
+    assert_eq!(
+        m.shape(&[t, n], &History::default(), AT),
+        vec![vec![0.0, 1.0], vec![0.0]]
+    );
+}
+
+#[test]
+fn dot_truncates_outliers_of_all_correct_groups_only() {
+    use luspo::control::dot::DotParams;
+    let d = DotParams::default();
+    let mut rs: Vec<Response> = (0..31).map(|_| resp(100, true)).collect();
+    rs.push(resp(1000, true));
+    let g = group("q", rs.clone());
+    let cuts = d.cuts(&g);
+    // mean 128.125, sample std sqrt(31·28.125² + 871.875²)/sqrt(31) = 159.099…; T = floor(mean + 3·std).
+    let mean = 128.125f64;
+    let std = ((31.0 * 28.125f64.powi(2) + 871.875f64.powi(2)) / 31.0).sqrt();
+    let t = (mean + 3.0 * std).floor() as usize;
+    assert_eq!(t, 605);
+    assert!(cuts[..31].iter().all(Option::is_none));
+    assert_eq!(cuts[31], Some(t));
+    // A group with a failure is untouched.
+    rs[0].correct = false;
+    assert!(d.cuts(&group("q", rs)).iter().all(Option::is_none));
+    // Exceeding T by less than m is not cut: with m = 400, 1000 − 605 = 395 < 400.
+    let d400 = DotParams { m: 400, ..d };
+    assert!(d400.cuts(&g).iter().all(Option::is_none));
+}
+
+#[test]
+fn ceeh_length_penalty_history_and_entropy_advantage() {
+    use luspo::control::ceeh::{CeehParams, Difficulty};
+    let m = cfg("ceeh", serde_json::json!({})).build();
+    let mut h = History::default();
+    // Prompt e easy (acc_h 0.6 ≥ mean 0.4), improving now (accuracy 3/4 > 0.6); prompt x hard (0.2).
+    h.set("e", "acc_h", 0.6);
+    h.set("e", "l_x", 10.0);
+    h.set("x", "acc_h", 0.2);
+    h.set("x", "l_x", 10.0);
+    assert_eq!(CeehParams::difficulty(&h, "e"), Difficulty::Easy);
+    assert_eq!(CeehParams::difficulty(&h, "x"), Difficulty::Hard);
+    let e = group(
+        "e",
+        vec![
+            resp(10, true),
+            resp(15, true),
+            resp(2, true),
+            resp(30, false),
+        ],
+    );
+    let x = group("x", vec![resp(30, true), resp(5, false)]);
+    let r = m.shape(&[e.clone(), x.clone()], &h, AT);
+    // β = 0.1: L = l_x → 1; L = 15 → 1 − 0.1·0.5; L = 2 → 1 − 0.1·(−0.8); wrong: 0. Hard prompt: plain.
+    let want = [1.0, 0.95, 1.08, 0.0];
+    for (a, b) in r[0].iter().zip(want) {
+        assert!((a - b).abs() < 1e-12, "{r:?}");
+    }
+    assert_eq!(r[1], vec![1.0, 0.0]);
+    // Entropy advantage on the hard prompt only: Â_t = A·w_t with ψ = min(0.4·H, |A|/2), sign kept.
+    let ents = |r: Response, v: f32| with_entropies(r.clone(), &vec![v; r.length]);
+    let x = group(
+        "x",
+        vec![ents(resp(3, true), 0.5), ents(resp(2, false), 10.0)],
+    );
+    let e = group(
+        "e",
+        vec![ents(resp(1, true), 1.0), ents(resp(1, false), 1.0)],
+    );
+    let adv = m.advantages(
+        &[e, x],
+        &[vec![1.0, 0.0], vec![1.0, 0.0]],
+        &h,
+        Estimator::DrGrpo,
+        AT,
+    );
+    assert_eq!(adv.seq, vec![vec![0.5, -0.5], vec![0.5, -0.5]]);
+    let w = adv
+        .token_weights
+        .expect("hard prompt gets per-token weights");
+    assert!(w[0].iter().flatten().all(|&x| x == 1.0), "easy: no bonus");
+    // A = 0.5, H = 0.5: ψ = min(0.2, 0.25) = 0.2 → w = 1.4. A = −0.5, H = 10: ψ = 0.25 → w = 0.5.
+    assert!(w[1][0].iter().all(|&x| (x - 1.4).abs() < 1e-6), "{w:?}");
+    assert!(w[1][1].iter().all(|&x| (x - 0.5).abs() < 1e-6), "{w:?}");
+    // History: asymmetric EMA and shortest correct length.
+    let mut h2 = h.clone();
+    m.update(&[group("e", vec![resp(4, true), resp(4, false)])], &mut h2);
+    // Acc 0.5 < acc_h 0.6 → η = 0.05: 0.6 − 0.005.
+    assert!((h2.get("e", "acc_h").unwrap() - 0.595).abs() < 1e-12);
+    assert_eq!(h2.get("e", "l_x"), Some(4.0));
+    m.update(&[group("n", vec![resp(4, false)])], &mut h2);
+    assert_eq!(h2.get("n", "acc_h"), Some(0.0));
+    assert_eq!(h2.get("n", "l_x"), None);
 }

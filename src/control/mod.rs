@@ -33,7 +33,8 @@ pub struct Response {
     pub length: usize,
     /// The verifier's verdict (after the truncation rule of `[reward]`).
     pub correct: bool,
-    /// Cut at `max_new_tokens` without an end of sequence.
+    /// Cut at `max_new_tokens` without an end of sequence (default false).
+    #[serde(default)]
     pub truncated: bool,
     /// The verifier reward (`[reward]` terms summed); `luspo advantage` defaults it to 1/0 from `correct`.
     #[serde(default)]
