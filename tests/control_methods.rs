@@ -225,7 +225,13 @@ fn canon_matches_the_half_baselines_and_ignores_order() {
     );
     let r = vec![vec![1.0, 0.0, 1.0, 1.0]];
     let a = m
-        .advantages(&[g.clone()], &r, &History::default(), Estimator::Grpo, AT)
+        .advantages(
+            std::slice::from_ref(&g),
+            &r,
+            &History::default(),
+            Estimator::Grpo,
+            AT,
+        )
         .seq;
     // μ = 1, α = 1, β = 0: high half (R − mean_low = 0.5)/C; low half R − mean_high (= 1).
     let want = [0.5 / 10.0, -1.0 / 10.0, 0.5 / 10.0, 0.0];
@@ -235,7 +241,13 @@ fn canon_matches_the_half_baselines_and_ignores_order() {
     // μ = 0: A = (R − mean of own half)/C.
     let m0 = cfg("canon", serde_json::json!({"c": 10.0, "mu": 0.0})).build();
     let a0 = m0
-        .advantages(&[g.clone()], &r, &History::default(), Estimator::Grpo, AT)
+        .advantages(
+            std::slice::from_ref(&g),
+            &r,
+            &History::default(),
+            Estimator::Grpo,
+            AT,
+        )
         .seq;
     let want0 = [0.0, -0.5 / 10.0, 0.0, 0.5 / 10.0];
     for (x, y) in a0[0].iter().zip(want0) {
