@@ -494,7 +494,14 @@ impl RunConfig {
                 return Err(input_err!("{key}: {why}"));
             }
         }
-        self.objective.resolved()?;
+        let obj = self.objective.resolved()?;
+        if let Some(what) = obj.whole_batch_only() {
+            if t.micro_batch_size != 0 && t.micro_batch_size < self.mini_batch_size() {
+                return Err(input_err!(
+                    "train.micro_batch_size: {what} needs each mini-batch in one call (set micro_batch_size = 0)"
+                ));
+            }
+        }
         let batch = r.prompts_per_step * r.group_size;
         if t.mini_batch_size > batch {
             return Err(input_err!(

@@ -626,6 +626,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                 }
                 let (batch, old, mask, adv, rf) = tensors_of(&refs, pad, &ctx.device)?;
                 let (logp, ent) = token_logprobs(ctx.policy.model(), &batch)?;
+                let groups: Vec<usize> = refs.iter().map(|s| s.group).collect();
                 trained_tokens += refs
                     .iter()
                     .map(|s| s.prompt.len() + s.response.len())
@@ -636,11 +637,9 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                     mask: &mask,
                     advantages: &adv,
                     ref_logp: rf.as_ref(),
-                    entropy: if ctx.obj.entropy_coef != 0.0 {
-                        Some(&ent)
-                    } else {
-                        None
-                    },
+                    entropy: ctx.obj.needs_entropy().then_some(&ent),
+                    groups: Some(&groups),
+                    token_weights: None,
                     global_counts: if split {
                         Some((n_seq as f64, n_tok as f64))
                     } else {
