@@ -269,18 +269,20 @@ fn drpo_trust_region_acts_only_above_delta() {
 
 #[test]
 fn drpo_gradient_matches_finite_differences() {
-    for seed in 0..6 {
+    let mut counted = 0;
+    for seed in 0..8 {
         // Small drift: KL stays under δ so the loss is the smooth DRPO objective.
         let seqs = random_seqs(100 + seed, 1e-5, 2);
         let v = request("drpo", &seqs, json!({"drpo_tau": 0.7, "drpo_lambda": 0.5}));
         let got = rows(&eval(&v), "grad_logp");
-        assert!(
-            got.iter().flatten().any(|x| x.abs() > 1e-3),
-            "seed {seed}: no prompt counted"
-        );
+        counted += usize::from(got.iter().flatten().any(|x| x.abs() > 1e-3));
         let d = max_diff(&got, &fd(&v));
         assert!(d < 1e-6, "seed {seed}: off by {d}");
     }
+    assert!(
+        counted >= 5,
+        "only {counted} batches had a prompt with positives and negatives"
+    );
 }
 
 // ---------------------------------------------------------------- ΔL (methods.md §22)
