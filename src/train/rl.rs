@@ -478,6 +478,8 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     let mut zero_std_groups = 0usize;
     let mut generated_tokens = 0usize;
     let mut rounds = 0;
+    let mut params = ctx.params.clone();
+    params.max_new_tokens = cfg.rollout.max_new_tokens_at(step);
     while kept_groups.len() < p_count {
         let need = p_count - kept_groups.len();
         let mut problems = Vec::with_capacity(need);
@@ -496,7 +498,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
         let outs = ctx.policy.generate(
             ctx.policy.model(),
             &prompts,
-            &ctx.params,
+            &params,
             cfg.rollout.generation_batch_size,
             &mut state.rng_rollout,
         )?;
