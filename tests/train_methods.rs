@@ -131,3 +131,34 @@ fn every_objective_side_method_trains() {
     .to_string();
     assert!(err.contains("train.micro_batch_size: drpo"), "{err}");
 }
+
+#[test]
+fn every_control_config_loads_and_names_its_method() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/control");
+    let mut seen = vec![];
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        let stem = p.file_stem().unwrap().to_string_lossy().to_string();
+        if stem.starts_with("compare_") {
+            let plan = luspo::compare::plan(Some(&p), &[], None, None)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert!(!plan.runs.is_empty(), "{}", p.display());
+            continue;
+        }
+        let cfg = RunConfig::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        if stem == "siri" {
+            assert_eq!(
+                cfg.rollout.length_schedule,
+                luspo::train::length_schedule::LengthSchedule::Siri
+            );
+        } else {
+            assert_eq!(cfg.objective.name, stem, "{}", p.display());
+        }
+        seen.push(stem);
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["delta_l", "dispo", "drpo", "llds", "siri", "spine", "ulorl"]
+    );
+}
