@@ -452,6 +452,27 @@ macro_rules! knob_check {
     };
 }
 
+/// The `[objective]` table of docs/config.md, generated from the knob declaration (a test keeps the doc equal).
+pub fn knob_table() -> String {
+    let presets: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
+    let mut out = String::from("| key | default | presets with their own value | meaning |\n|---|---|---|---|\n");
+    out.push_str(&format!(
+        "| `name` | `\"{}\"` | | Preset: {}. |\n",
+        ObjectiveConfig::default().name,
+        presets.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+    ));
+    for k in knob_docs() {
+        let default = k.default.map_or("off".to_string(), |v| format!("`{v}`"));
+        let set_by = if k.set_by.len() == presets.len() {
+            "every preset (docs/objectives.md)".to_string()
+        } else {
+            k.set_by.join(", ")
+        };
+        out.push_str(&format!("| `{}` | {default} | {set_by} | {} |\n", k.name, k.doc));
+    }
+    out
+}
+
 /// One row of the objective knob table (docs/config.md is tested against these).
 #[derive(Debug, Clone)]
 pub struct KnobDoc {
@@ -466,9 +487,9 @@ pub struct KnobDoc {
 }
 
 knobs! {
-    /// Importance level: token | sequence | sequence_token.
+    /// Importance level: token, sequence, sequence_token.
     importance: val Importance = Importance::Token, any;
-    /// Aggregation: token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm | delta_l.
+    /// Aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm, delta_l.
     aggregation: val Aggregation = Aggregation::SeqMeanTokenMean, any;
     /// Low clip epsilon: ratio floor 1 − eps_low (DISPO: for positive-advantage responses).
     eps_low: val f64 = 0.2, unit;
@@ -484,7 +505,7 @@ knobs! {
     norm_len: opt f64 = None, positive;
     /// KL-to-reference coefficient (0 = off).
     kl_beta: val f64 = 0.0, nonneg;
-    /// KL estimator: k1 | k2 | k3 (= low_var_kl) | abs | k1+ | k3+.
+    /// KL estimator: k1, k2, k3 (= low_var_kl), abs, k1+, k3+.
     kl_estimator: val KlEstimator = KlEstimator::K3, any;
     /// Entropy bonus coefficient, subtracted from the loss (0 = off).
     entropy_coef: val f64 = 0.0, finite;
