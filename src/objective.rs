@@ -455,11 +455,17 @@ macro_rules! knob_check {
 /// The `[objective]` table of docs/config.md, generated from the knob declaration (a test keeps the doc equal).
 pub fn knob_table() -> String {
     let presets: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
-    let mut out = String::from("| key | default | presets with their own value | meaning |\n|---|---|---|---|\n");
+    let mut out = String::from(
+        "| key | default | presets with their own value | meaning |\n|---|---|---|---|\n",
+    );
     out.push_str(&format!(
         "| `name` | `\"{}\"` | | Preset: {}. |\n",
         ObjectiveConfig::default().name,
-        presets.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+        presets
+            .iter()
+            .map(|p| format!("`{p}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     for k in knob_docs() {
         let default = k.default.map_or("off".to_string(), |v| format!("`{v}`"));
@@ -468,7 +474,10 @@ pub fn knob_table() -> String {
         } else {
             k.set_by.join(", ")
         };
-        out.push_str(&format!("| `{}` | {default} | {set_by} | {} |\n", k.name, k.doc));
+        out.push_str(&format!(
+            "| `{}` | {default} | {set_by} | {} |\n",
+            k.name, k.doc
+        ));
     }
     out
 }

@@ -50,8 +50,14 @@ fn rows_of(doc: &str, section: &str) -> Vec<(Vec<String>, Vec<String>)> {
 
 fn same_value(doc_value: &str, real: &toml::Value) -> bool {
     match toml::from_str::<toml::Table>(&format!("v = {doc_value}")) {
-        Ok(t) => &t["v"] == real || t["v"].as_float().zip(real.as_float()).is_some_and(|(a, b)| a == b)
-            || t["v"].as_integer().map(|i| i as f64) == real.as_float(),
+        Ok(t) => {
+            &t["v"] == real
+                || t["v"]
+                    .as_float()
+                    .zip(real.as_float())
+                    .is_some_and(|(a, b)| a == b)
+                || t["v"].as_integer().map(|i| i as f64) == real.as_float()
+        }
         Err(_) => false,
     }
 }
@@ -81,7 +87,11 @@ fn every_key_is_documented_with_its_default() {
                 .unwrap_or_else(|| panic!("docs/config.md [{name}]: no row for `{key}`"));
             // A row may document several keys: `a` / `b` with defaults `1` / `2`, or one default for all.
             let i = keys.iter().position(|k| k == key).unwrap();
-            let d = if docs.len() == keys.len() { &docs[i] } else { &docs[0] };
+            let d = if docs.len() == keys.len() {
+                &docs[i]
+            } else {
+                &docs[0]
+            };
             assert!(
                 same_value(d, real),
                 "docs/config.md [{name}] `{key}`: documented default `{d}`, real default {real}"

@@ -393,7 +393,7 @@ fn spine_entropy_band_by_hand() {
     let ge = rows(&out, "grad_entropy");
     let expect = vec![0.0, -0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.0, 0.5];
     assert!(
-        max_diff(&ge, &[expect.clone()]) < 1e-12,
+        max_diff(&ge, std::slice::from_ref(&expect)) < 1e-12,
         "{ge:?} vs {expect:?}"
     );
 }

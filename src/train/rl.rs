@@ -690,6 +690,9 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                     kl += f * k;
                     has_kl = true;
                 }
+                if let Some(p) = st.pg_token_frac {
+                    *s.pg_token_frac.get_or_insert(0.0) += f * p;
+                }
             }
             s.kl = has_kl.then_some(kl);
             stats.push(s);
@@ -749,6 +752,10 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
         ratio_mean: mean(stats.iter().map(|s| s.ratio_mean)),
         approx_kl: mean(stats.iter().map(|s| s.approx_kl)),
         kl: (ctx.obj.kl_beta > 0.0).then(|| mean(stats.iter().filter_map(|s| s.kl))),
+        pg_token_frac: stats
+            .iter()
+            .any(|s| s.pg_token_frac.is_some())
+            .then(|| mean(stats.iter().filter_map(|s| s.pg_token_frac))),
         loss: mean(losses.iter().copied()),
         grad_norm: mean(norms.iter().copied()),
         lr: lr_used,
