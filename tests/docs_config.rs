@@ -80,7 +80,17 @@ fn every_key_is_documented_with_its_default() {
             continue; // generated table, checked above
         }
         let rows = rows_of(&doc, name);
+        // A sub-table (e.g. `[control.dler]`) is documented key by key as `dler.l_trunc`.
+        let mut flat: Vec<(String, toml::Value)> = vec![];
         for (key, real) in &table {
+            match real.as_table() {
+                Some(sub) if !sub.is_empty() => {
+                    flat.extend(sub.iter().map(|(k, v)| (format!("{key}.{k}"), v.clone())))
+                }
+                _ => flat.push((key.clone(), real.clone())),
+            }
+        }
+        for (key, real) in &flat {
             let (keys, docs) = rows
                 .iter()
                 .find(|(ks, _)| ks.contains(key))
