@@ -54,6 +54,9 @@ pub struct StepMetrics {
     /// KL to the reference model, when used.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub kl: Option<f64>,
+    /// Fraction of response tokens with a non-zero policy-gradient weight (SPINE, UloRL, given weights), when used.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pg_token_frac: Option<f64>,
     /// Mean policy loss over optimizer steps.
     pub loss: f64,
     /// Gradient norm before clipping, averaged over optimizer steps.

@@ -16,6 +16,12 @@
 //! | gspo_token | sequence_token | seq-mean-token-mean | 3e-4, 4e-4 |
 //! | luspo | sequence | seq-mean-token-sum | 2e-3, 2.5e-3 |
 //! | cispo | token, CISPO surrogate | token-mean | 1.0, 4.0 (weight in [0, 5]) |
+//! | dispo | token, CISPO with four bounds | token-mean | 1.0, 4.0 (A>0); 0.2, 0.28 (A<0) |
+//! | drpo | DRPO (no ratio) | per prompt | KL trust region β, δ |
+//! | delta_l | token | delta_l (ΔL, α = 1) | 0.2, 0.28 |
+//! | spine, llds, ulorl | token | seq-mean-token-mean | 0.2, 0.2, plus their token mask / regulariser |
+//!
+//! Every knob is declared once (`knobs!` below); the per-method math lives in `methods`.
 //!
 //! Padding (mask 0) never enters a value: every per-token quantity is selected with `where_cond` on the mask,
 //! so padding positions receive exactly zero gradient whatever numbers they hold.
@@ -23,6 +29,8 @@
 use candle_core::{DType, Tensor};
 
 use crate::{input_err, Result};
+
+pub mod methods;
 
 /// Per-token inputs of one (mini-)batch, all `(B, T)` except `advantages` `(B,)`. Padding has `mask = 0`.
 pub struct PolicyInputs<'a> {
@@ -38,6 +46,10 @@ pub struct PolicyInputs<'a> {
     pub ref_logp: Option<&'a Tensor>,
     /// Per-token entropies (carry gradient), if the entropy bonus is on.
     pub entropy: Option<&'a Tensor>,
+    /// Group (prompt) of every sequence, needed by DRPO.
+    pub groups: Option<&'a [usize]>,
+    /// Extra per-token loss weights `(B, T)` (masks are 0/1 weights), multiplying the policy-gradient term.
+    pub token_weights: Option<&'a Tensor>,
     /// Normalisers of the whole mini-batch when this call sees one micro-batch of it:
     /// `(number of sequences, number of response tokens)`. `None` = this call sees the whole mini-batch.
     pub global_counts: Option<(f64, f64)>,
@@ -60,6 +72,12 @@ pub struct ObjectiveStats {
     pub entropy: Option<f64>,
     /// The policy-gradient part of the loss alone.
     pub pg_loss: f64,
+    /// The method regularisers (SPINE band, LLDS, DRPO trust region), when one is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reg_loss: Option<f64>,
+    /// Fraction of response tokens whose policy-gradient weight is not zero, when a token mask is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pg_token_frac: Option<f64>,
 }
 
 /// The scalar loss (to minimise) and its diagnostics.
@@ -68,6 +86,8 @@ pub struct ObjectiveOutput {
     pub loss: Tensor,
     /// Diagnostics.
     pub stats: ObjectiveStats,
+    /// The per-token policy-gradient weights `(B, T)` the masks and `token_weights` gave, when any is on.
+    pub token_weights: Option<Tensor>,
 }
 
 /// Where the importance ratio lives.
@@ -98,6 +118,9 @@ pub enum Aggregation {
     /// (1/(B·H)) Σ_i Σ_t m·ℓ with H = `norm_len` (verl V2 / TRL `dr_grpo`).
     #[serde(rename = "seq-mean-token-sum-norm", alias = "seq_mean_token_sum_norm")]
     SeqMeanTokenSumNorm,
+    /// ΔL normalisation: (1/(B·T_max)) Σ_i (L_i^−α / mean_j L_j^−α) Σ_t m·ℓ (arXiv 2509.07558).
+    #[serde(rename = "delta_l", alias = "delta-l")]
+    DeltaL,
 }
 
 /// KL-to-reference estimator (verl `kl_loss_type`), x = logp − ref.
@@ -131,6 +154,10 @@ pub enum Surrogate {
     Clip,
     /// CISPO: −sg(clip(r, 1−eps_low, 1+eps_high))·A·logp (REINFORCE with a clipped, detached IS weight).
     Cispo,
+    /// DISPO: CISPO with bounds (eps_low, eps_high) for A > 0 and (eps_low_neg, eps_high_neg) for A < 0.
+    Dispo,
+    /// DRPO: −(Σ_P w_i s_i − τ log Σ_N exp(s_j/τ)) per prompt, s = mean token log-prob, plus a KL trust region.
+    Drpo,
 }
 
 /// The named presets.
@@ -151,11 +178,23 @@ pub enum Preset {
     Luspo,
     /// CISPO (MiniMax-M1).
     Cispo,
+    /// DISPO: CISPO with separate clip bounds for positive and negative responses.
+    Dispo,
+    /// DRPO: decoupled length-weighted positives, log-sum-exp negatives, KL trust region.
+    Drpo,
+    /// ΔL normalisation on the DAPO recipe.
+    DeltaL,
+    /// GRPO with SPINE's forking-token mask and entropy band.
+    Spine,
+    /// GRPO with the LLDS likelihood-preserving regulariser.
+    Llds,
+    /// GRPO with UloRL's masking of mastered positive tokens.
+    Ulorl,
 }
 
 impl Preset {
     /// Every preset, in documentation order.
-    pub const ALL: [Preset; 7] = [
+    pub const ALL: [Preset; 13] = [
         Preset::Grpo,
         Preset::Dapo,
         Preset::DrGrpo,
@@ -163,6 +202,12 @@ impl Preset {
         Preset::GspoToken,
         Preset::Luspo,
         Preset::Cispo,
+        Preset::Dispo,
+        Preset::Drpo,
+        Preset::DeltaL,
+        Preset::Spine,
+        Preset::Llds,
+        Preset::Ulorl,
     ];
 
     /// The preset's config name.
@@ -175,6 +220,12 @@ impl Preset {
             Preset::GspoToken => "gspo_token",
             Preset::Luspo => "luspo",
             Preset::Cispo => "cispo",
+            Preset::Dispo => "dispo",
+            Preset::Drpo => "drpo",
+            Preset::DeltaL => "delta_l",
+            Preset::Spine => "spine",
+            Preset::Llds => "llds",
+            Preset::Ulorl => "ulorl",
         }
     }
 
@@ -184,119 +235,315 @@ impl Preset {
         Preset::ALL.into_iter().find(|p| p.name() == n)
     }
 
-    /// The preset's paper defaults (dual clip off, KL and entropy off).
-    pub fn defaults(self) -> ResolvedObjective {
-        let (surrogate, importance, aggregation, eps_low, eps_high) = match self {
-            Preset::Grpo => (
-                Surrogate::Clip,
-                Importance::Token,
-                Aggregation::SeqMeanTokenMean,
-                0.2,
-                0.2,
-            ),
-            Preset::Dapo => (
-                Surrogate::Clip,
-                Importance::Token,
-                Aggregation::TokenMean,
-                0.2,
-                0.28,
-            ),
-            Preset::DrGrpo => (
-                Surrogate::Clip,
-                Importance::Token,
-                Aggregation::SeqMeanTokenSumNorm,
-                0.2,
-                0.2,
-            ),
-            Preset::Gspo => (
-                Surrogate::Clip,
-                Importance::Sequence,
-                Aggregation::SeqMeanTokenMean,
-                3e-4,
-                4e-4,
-            ),
-            Preset::GspoToken => (
-                Surrogate::Clip,
-                Importance::SequenceToken,
-                Aggregation::SeqMeanTokenMean,
-                3e-4,
-                4e-4,
-            ),
-            Preset::Luspo => (
-                Surrogate::Clip,
-                Importance::Sequence,
-                Aggregation::SeqMeanTokenSum,
-                2e-3,
-                2.5e-3,
-            ),
-            Preset::Cispo => (
-                Surrogate::Cispo,
-                Importance::Token,
-                Aggregation::TokenMean,
-                1.0,
-                4.0,
-            ),
-        };
-        ResolvedObjective {
-            preset: self,
-            surrogate,
-            importance,
-            aggregation,
-            eps_low,
-            eps_high,
-            dual_clip: None,
-            norm_len: None,
-            kl_beta: 0.0,
-            kl_estimator: KlEstimator::K3,
-            entropy_coef: 0.0,
+    /// The error for an unknown preset name, naming `key` and listing the presets.
+    pub fn unknown(key: &str, name: &str) -> crate::Error {
+        let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
+        input_err!(
+            "{key}: unknown objective `{name}` (expected one of: {})",
+            names.join(", ")
+        )
+    }
+
+    /// The surrogate the preset trains with (not a knob: it is what the preset is).
+    pub fn surrogate(self) -> Surrogate {
+        match self {
+            Preset::Cispo => Surrogate::Cispo,
+            Preset::Dispo => Surrogate::Dispo,
+            Preset::Drpo => Surrogate::Drpo,
+            _ => Surrogate::Clip,
         }
+    }
+
+    /// The knobs this preset sets away from the base defaults (its paper's values; see docs/objectives.md).
+    pub fn knobs(self) -> ObjectiveConfig {
+        use Aggregation as Ag;
+        use Importance as Im;
+        let mut c = ObjectiveConfig::preset(self.name());
+        let (importance, aggregation, eps_low, eps_high) = match self {
+            Preset::Grpo | Preset::Spine | Preset::Llds | Preset::Ulorl => {
+                (Im::Token, Ag::SeqMeanTokenMean, 0.2, 0.2)
+            }
+            Preset::Dapo => (Im::Token, Ag::TokenMean, 0.2, 0.28),
+            Preset::DrGrpo => (Im::Token, Ag::SeqMeanTokenSumNorm, 0.2, 0.2),
+            Preset::Gspo => (Im::Sequence, Ag::SeqMeanTokenMean, 3e-4, 4e-4),
+            Preset::GspoToken => (Im::SequenceToken, Ag::SeqMeanTokenMean, 3e-4, 4e-4),
+            Preset::Luspo => (Im::Sequence, Ag::SeqMeanTokenSum, 2e-3, 2.5e-3),
+            Preset::Cispo | Preset::Dispo => (Im::Token, Ag::TokenMean, 1.0, 4.0),
+            Preset::Drpo => (Im::Token, Ag::TokenMean, 0.2, 0.2),
+            Preset::DeltaL => (Im::Token, Ag::DeltaL, 0.2, 0.28),
+        };
+        c.importance = Some(importance);
+        c.aggregation = Some(aggregation);
+        c.eps_low = Some(eps_low);
+        c.eps_high = Some(eps_high);
+        match self {
+            // UNVERIFIED (methods.md §4: no official values): negatives get DAPO's bounds.
+            Preset::Dispo => {
+                c.eps_low_neg = Some(0.2);
+                c.eps_high_neg = Some(0.28);
+            }
+            Preset::Spine => c.spine_frac = Some(0.2),
+            Preset::Llds => c.llds_lambda = Some(0.2),
+            Preset::Ulorl => c.ulorl_sigma = Some(0.2),
+            _ => {}
+        }
+        c
+    }
+
+    /// The preset's resolved values (base defaults, then the preset's knobs).
+    pub fn defaults(self) -> ResolvedObjective {
+        let mut r = ResolvedObjective::base(self);
+        r.apply(&self.knobs());
+        r
     }
 }
 
-/// Objective configuration: a preset `name` plus optional overrides of any axis.
-///
-/// Keys (TOML `[objective]` table, or top-level keys of `luspo loss` input):
-/// - `name`: grpo | dapo | dr_grpo | gspo | gspo_token | luspo | cispo (default luspo)
-/// - `importance`: token | sequence | sequence_token (preset default)
-/// - `aggregation`: token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
-/// - `eps_low`, `eps_high`: clip range [1−eps_low, 1+eps_high] (preset default)
-/// - `dual_clip`: c > 1, caps the loss of A<0 tokens at −A·c (default off)
-/// - `norm_len`: H of seq-mean-token-sum-norm (default: longest response of the batch)
-/// - `kl_beta`: coefficient of the KL-to-reference term (default 0 = off)
-/// - `kl_estimator`: k1 | k2 | k3 (= low_var_kl) | abs | k1+ | k3+ (default k3)
-/// - `entropy_coef`: coefficient of the entropy bonus, subtracted from the loss (default 0)
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ObjectiveConfig {
-    /// Preset name: grpo, dapo, dr_grpo, gspo, gspo_token, luspo, cispo.
-    pub name: String,
-    /// Override of the importance level.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub importance: Option<Importance>,
-    /// Override of the aggregation mode.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aggregation: Option<Aggregation>,
-    /// Override of the low clip epsilon.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eps_low: Option<f64>,
-    /// Override of the high clip epsilon.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eps_high: Option<f64>,
-    /// Dual clip constant c (> 1) for A<0; off when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dual_clip: Option<f64>,
-    /// H of `seq-mean-token-sum-norm`; the batch's longest response when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub norm_len: Option<f64>,
+/// Value checks a knob can name in the declaration below (`Err` is the reason, after the key).
+mod check {
+    pub fn any<T>(_: &T) -> Result<(), &'static str> {
+        Ok(())
+    }
+    pub fn finite(v: &f64) -> Result<(), &'static str> {
+        v.is_finite().then_some(()).ok_or("must be finite")
+    }
+    pub fn nonneg(v: &f64) -> Result<(), &'static str> {
+        (v.is_finite() && *v >= 0.0)
+            .then_some(())
+            .ok_or("must be a finite number >= 0")
+    }
+    pub fn positive(v: &f64) -> Result<(), &'static str> {
+        (v.is_finite() && *v > 0.0)
+            .then_some(())
+            .ok_or("must be a finite number > 0")
+    }
+    pub fn unit(v: &f64) -> Result<(), &'static str> {
+        (v.is_finite() && (0.0..=1.0).contains(v))
+            .then_some(())
+            .ok_or("must be a number in [0, 1]")
+    }
+    pub fn above_one(v: &f64) -> Result<(), &'static str> {
+        (v.is_finite() && *v > 1.0)
+            .then_some(())
+            .ok_or("must be a finite number > 1")
+    }
+}
+
+/// The resolved type of a knob: `val T` is always set, `opt T` may be off.
+macro_rules! knob_type {
+    (val $t:ty) => { $t };
+    (opt $t:ty) => { Option<$t> };
+}
+
+/// Assigns a given override to a resolved knob.
+macro_rules! knob_set {
+    (val $slot:expr, $v:expr) => {
+        $slot = $v
+    };
+    (opt $slot:expr, $v:expr) => {
+        $slot = Some($v)
+    };
+}
+
+/// Declares every objective knob once: `ObjectiveConfig` (serde, the TOML `[objective]` table and the top-level
+/// keys of `luspo loss`), `ResolvedObjective`, the override step of `resolve_at`, the per-key checks of
+/// `validate` and the table `knob_docs` that docs/config.md is tested against.
+macro_rules! knobs {
+    ($( $(#[doc = $doc:literal])+ $name:ident : $kind:ident $ty:ty = $default:expr, $check:ident; )*) => {
+        /// Objective configuration: a preset `name` plus optional overrides of any knob (see docs/config.md).
+        #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct ObjectiveConfig {
+            /// Preset name (`Preset::ALL`).
+            pub name: String,
+            $(
+                $(#[doc = $doc])+
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        impl ObjectiveConfig {
+            /// Every knob key (the fields besides `name`), in declaration order.
+            pub const KEYS: &'static [&'static str] = &[$(stringify!($name)),*];
+
+            /// A config naming `name` with no overrides.
+            pub fn preset(name: &str) -> Self {
+                Self { name: name.into(), $( $name: None, )* }
+            }
+
+            /// Sets knob `key` from a JSON value; `Ok(false)` when `key` is not a knob, `Err` names the bad value.
+            pub fn set_json(&mut self, key: &str, v: &serde_json::Value) -> std::result::Result<bool, String> {
+                match key {
+                    $(
+                        stringify!($name) => {
+                            self.$name = Some(serde_json::from_value(v.clone()).map_err(|e| e.to_string())?);
+                            Ok(true)
+                        }
+                    )*
+                    _ => Ok(false),
+                }
+            }
+        }
+
+        /// A fully resolved objective: one concrete value on every knob.
+        #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+        pub struct ResolvedObjective {
+            /// The preset the defaults came from.
+            pub preset: Preset,
+            /// The surrogate (fixed by the preset).
+            pub surrogate: Surrogate,
+            $( $(#[doc = $doc])+ pub $name: knob_type!($kind $ty), )*
+        }
+
+        impl ResolvedObjective {
+            /// The base defaults every preset starts from.
+            fn base(preset: Preset) -> Self {
+                Self { preset, surrogate: preset.surrogate(), $( $name: $default, )* }
+            }
+
+            /// Applies every override `c` sets.
+            fn apply(&mut self, c: &ObjectiveConfig) {
+                $( if let Some(v) = c.$name.clone() { knob_set!($kind self.$name, v); } )*
+            }
+
+            /// Per-key value checks; the first failure names `key_prefix` + key.
+            fn check_knobs(&self, p: &str) -> Result<()> {
+                $(
+                    if let Err(why) = knob_check!($kind check::$check, &self.$name) {
+                        return Err(input_err!("{p}{}: {why}", stringify!($name)));
+                    }
+                )*
+                Ok(())
+            }
+        }
+
+        /// Every knob with its base default (TOML value, `None` = off) and its one-line doc.
+        pub fn knob_docs() -> Vec<KnobDoc> {
+            let base = ResolvedObjective::base(Preset::Grpo);
+            let mut out = Vec::new();
+            $(
+                let set_by: Vec<&'static str> = Preset::ALL
+                    .iter()
+                    .filter(|p| p.knobs().$name.is_some())
+                    .map(|p| p.name())
+                    .collect();
+                out.push(KnobDoc {
+                    name: stringify!($name),
+                    default: toml::Value::try_from(&base.$name).ok(),
+                    set_by,
+                    doc: concat!($($doc),+).trim(),
+                });
+            )*
+            out
+        }
+    };
+}
+
+/// Runs a knob's check on its resolved value (skipped for an `opt` knob that is off).
+macro_rules! knob_check {
+    (val $f:path, $v:expr) => {
+        $f($v).map_err(|w| format!("{w}, got {:?}", $v))
+    };
+    (opt $f:path, $v:expr) => {
+        match $v {
+            Some(x) => $f(x).map_err(|w| format!("{w}, got {x:?}")),
+            None => Ok(()),
+        }
+    };
+}
+
+/// The `[objective]` table of docs/config.md, generated from the knob declaration (a test keeps the doc equal).
+pub fn knob_table() -> String {
+    let presets: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
+    let mut out = String::from(
+        "| key | default | presets with their own value | meaning |\n|---|---|---|---|\n",
+    );
+    out.push_str(&format!(
+        "| `name` | `\"{}\"` | | Preset: {}. |\n",
+        ObjectiveConfig::default().name,
+        presets
+            .iter()
+            .map(|p| format!("`{p}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    for k in knob_docs() {
+        let default = k.default.map_or("off".to_string(), |v| format!("`{v}`"));
+        let set_by = if k.set_by.len() == presets.len() {
+            "every preset (docs/objectives.md)".to_string()
+        } else {
+            k.set_by.join(", ")
+        };
+        out.push_str(&format!(
+            "| `{}` | {default} | {set_by} | {} |\n",
+            k.name, k.doc
+        ));
+    }
+    out
+}
+
+/// One row of the objective knob table (docs/config.md is tested against these).
+#[derive(Debug, Clone)]
+pub struct KnobDoc {
+    /// Key name.
+    pub name: &'static str,
+    /// The base default as a TOML value; `None` = off.
+    pub default: Option<toml::Value>,
+    /// Presets that set their own value.
+    pub set_by: Vec<&'static str>,
+    /// One-line meaning.
+    pub doc: &'static str,
+}
+
+knobs! {
+    /// Importance level: token, sequence, sequence_token.
+    importance: val Importance = Importance::Token, any;
+    /// Aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm, delta_l.
+    aggregation: val Aggregation = Aggregation::SeqMeanTokenMean, any;
+    /// Low clip epsilon: ratio floor 1 − eps_low (DISPO: for positive-advantage responses).
+    eps_low: val f64 = 0.2, unit;
+    /// High clip epsilon: ratio ceiling 1 + eps_high (DISPO: for positive-advantage responses).
+    eps_high: val f64 = 0.2, nonneg;
+    /// DISPO: low clip epsilon for negative-advantage responses (off = eps_low).
+    eps_low_neg: opt f64 = None, unit;
+    /// DISPO: high clip epsilon for negative-advantage responses (off = eps_high).
+    eps_high_neg: opt f64 = None, nonneg;
+    /// Dual clip constant c > 1: caps the loss of A < 0 units at −A·c (off when absent).
+    dual_clip: opt f64 = None, above_one;
+    /// H of seq-mean-token-sum-norm and T_max of delta_l (absent = the batch's longest response).
+    norm_len: opt f64 = None, positive;
     /// KL-to-reference coefficient (0 = off).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kl_beta: Option<f64>,
-    /// KL estimator.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kl_estimator: Option<KlEstimator>,
-    /// Entropy bonus coefficient (0 = off).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entropy_coef: Option<f64>,
+    kl_beta: val f64 = 0.0, nonneg;
+    /// KL estimator: k1, k2, k3 (= low_var_kl), abs, k1+, k3+.
+    kl_estimator: val KlEstimator = KlEstimator::K3, any;
+    /// Entropy bonus coefficient, subtracted from the loss (0 = off).
+    entropy_coef: val f64 = 0.0, finite;
+    /// ΔL normalisation exponent α of the delta_l aggregation (weights ∝ L_i^−α).
+    delta_l_alpha: val f64 = 1.0, nonneg;
+    /// DRPO λ: temperature of the length weight exp((1 − L/L_max)/λ) on positives.
+    drpo_lambda: val f64 = 0.1, positive;
+    /// DRPO τ: temperature of the log-sum-exp over negatives.
+    drpo_tau: val f64 = 10.0, positive;
+    /// DRPO β: strength of the KL trust-region penalty.
+    drpo_beta: val f64 = 1000.0, nonneg;
+    /// DRPO δ: KL below which the trust-region penalty is off.
+    drpo_delta: val f64 = 1e-4, nonneg;
+    /// DRPO L_max of the length weight (absent = the batch's longest response).
+    drpo_l_max: opt f64 = None, positive;
+    /// SPINE: fraction of each response's highest-entropy tokens that carry policy gradient (0 = off).
+    spine_frac: val f64 = 0.0, unit;
+    /// SPINE: quantile of forking-token entropies giving the band floor H_low.
+    spine_q_low: val f64 = 0.1, unit;
+    /// SPINE: quantile of forking-token entropies giving the band ceiling H_high.
+    spine_q_high: val f64 = 0.5, unit;
+    /// SPINE: coefficient of the entropy-band penalty (UNVERIFIED).
+    spine_band_coef: val f64 = 0.01, nonneg;
+    /// LLDS λ: coefficient of the likelihood-preserving penalty on A ≥ 0 responses (0 = off).
+    llds_lambda: val f64 = 0.0, nonneg;
+    /// UloRL τ: a positive response's token is "mastered" when its old probability exceeds τ.
+    ulorl_tau: val f64 = 0.99, unit;
+    /// UloRL σ: mastered tokens are masked in responses whose mean entropy is below σ (0 = off).
+    ulorl_sigma: val f64 = 0.0, nonneg;
 }
 
 impl Default for ObjectiveConfig {
@@ -306,22 +553,6 @@ impl Default for ObjectiveConfig {
 }
 
 impl ObjectiveConfig {
-    /// A config naming `name` with no overrides.
-    pub fn preset(name: &str) -> Self {
-        Self {
-            name: name.into(),
-            importance: None,
-            aggregation: None,
-            eps_low: None,
-            eps_high: None,
-            dual_clip: None,
-            norm_len: None,
-            kl_beta: None,
-            kl_estimator: None,
-            entropy_coef: None,
-        }
-    }
-
     /// The concrete objective: preset defaults with the overrides applied, validated (keys named `objective.*`).
     pub fn resolved(&self) -> Result<ResolvedObjective> {
         self.resolve_at("objective.")
@@ -329,119 +560,61 @@ impl ObjectiveConfig {
 
     /// As `resolved`, naming keys with `key_prefix` in error messages (e.g. "" for `luspo loss` input).
     pub fn resolve_at(&self, key_prefix: &str) -> Result<ResolvedObjective> {
-        let p = key_prefix;
-        let preset = Preset::from_name(&self.name).ok_or_else(|| {
-            let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
-            input_err!(
-                "{p}name: unknown objective `{}` (expected one of: {})",
-                self.name,
-                names.join(", ")
-            )
-        })?;
+        let preset = Preset::from_name(&self.name)
+            .ok_or_else(|| Preset::unknown(&format!("{key_prefix}name"), &self.name))?;
         let mut r = preset.defaults();
-        if let Some(v) = self.importance {
-            r.importance = v;
-        }
-        if let Some(v) = self.aggregation {
-            r.aggregation = v;
-        }
-        if let Some(v) = self.eps_low {
-            r.eps_low = v;
-        }
-        if let Some(v) = self.eps_high {
-            r.eps_high = v;
-        }
-        r.dual_clip = self.dual_clip;
-        r.norm_len = self.norm_len;
-        if let Some(v) = self.kl_beta {
-            r.kl_beta = v;
-        }
-        if let Some(v) = self.kl_estimator {
-            r.kl_estimator = v;
-        }
-        if let Some(v) = self.entropy_coef {
-            r.entropy_coef = v;
-        }
-        r.validate(p)?;
+        r.apply(self);
+        r.validate(key_prefix)?;
         Ok(r)
     }
-}
-
-/// A fully resolved objective: one concrete value on every axis.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct ResolvedObjective {
-    /// The preset the defaults came from.
-    pub preset: Preset,
-    /// PPO clip or CISPO.
-    pub surrogate: Surrogate,
-    /// Importance level.
-    pub importance: Importance,
-    /// Aggregation mode.
-    pub aggregation: Aggregation,
-    /// Low clip epsilon (ratio floor 1 − eps_low).
-    pub eps_low: f64,
-    /// High clip epsilon (ratio ceiling 1 + eps_high).
-    pub eps_high: f64,
-    /// Dual clip constant, if on.
-    pub dual_clip: Option<f64>,
-    /// H of `seq-mean-token-sum-norm`, if fixed.
-    pub norm_len: Option<f64>,
-    /// KL coefficient.
-    pub kl_beta: f64,
-    /// KL estimator.
-    pub kl_estimator: KlEstimator,
-    /// Entropy bonus coefficient.
-    pub entropy_coef: f64,
 }
 
 impl ResolvedObjective {
     /// Checks every value, naming the offending key (`key_prefix` + key) in the error.
     pub fn validate(&self, key_prefix: &str) -> Result<()> {
         let p = key_prefix;
-        if !(self.eps_low.is_finite() && (0.0..=1.0).contains(&self.eps_low)) {
+        self.check_knobs(p)?;
+        if self.dual_clip.is_some() && self.surrogate != Surrogate::Clip {
             return Err(input_err!(
-                "{p}eps_low: must be a number in [0, 1], got {}",
-                self.eps_low
+                "{p}dual_clip: only used by the PPO clip surrogate (not {})",
+                self.preset.name()
             ));
         }
-        if !(self.eps_high.is_finite() && self.eps_high >= 0.0) {
+        if (self.eps_low_neg.is_some() || self.eps_high_neg.is_some())
+            && self.surrogate != Surrogate::Dispo
+        {
             return Err(input_err!(
-                "{p}eps_high: must be a finite number >= 0, got {}",
-                self.eps_high
+                "{p}eps_low_neg / eps_high_neg: only used by dispo (not {})",
+                self.preset.name()
             ));
         }
-        if let Some(c) = self.dual_clip {
-            if !(c.is_finite() && c > 1.0) {
-                return Err(input_err!(
-                    "{p}dual_clip: must be a finite number > 1, got {c}"
-                ));
-            }
-            if self.surrogate == Surrogate::Cispo {
-                return Err(input_err!(
-                    "{p}dual_clip: not used by cispo (its weight is already clipped)"
-                ));
-            }
-        }
-        if let Some(h) = self.norm_len {
-            if !(h.is_finite() && h > 0.0) {
-                return Err(input_err!(
-                    "{p}norm_len: must be a finite number > 0, got {h}"
-                ));
-            }
-        }
-        if !(self.kl_beta.is_finite() && self.kl_beta >= 0.0) {
+        if self.spine_q_low > self.spine_q_high {
             return Err(input_err!(
-                "{p}kl_beta: must be a finite number >= 0, got {}",
-                self.kl_beta
-            ));
-        }
-        if !self.entropy_coef.is_finite() {
-            return Err(input_err!(
-                "{p}entropy_coef: must be finite, got {}",
-                self.entropy_coef
+                "{p}spine_q_low: must be <= spine_q_high ({}), got {}",
+                self.spine_q_high,
+                self.spine_q_low
             ));
         }
         Ok(())
+    }
+
+    /// Whether the loss needs per-token entropies (bonus, SPINE, UloRL).
+    pub fn needs_entropy(&self) -> bool {
+        self.entropy_coef != 0.0 || self.spine_frac > 0.0 || self.ulorl_sigma > 0.0
+    }
+
+    /// Whether the loss needs every sequence's group (DRPO).
+    pub fn needs_groups(&self) -> bool {
+        self.surrogate == Surrogate::Drpo
+    }
+
+    /// Why this objective cannot split a mini-batch into micro-batches (`None` = it can).
+    pub fn whole_batch_only(&self) -> Option<&'static str> {
+        match (self.aggregation, self.surrogate) {
+            (_, Surrogate::Drpo) => Some("drpo (its per-prompt terms)"),
+            (Aggregation::DeltaL, _) => Some("delta_l (its batch mean of L^-α)"),
+            _ => None,
+        }
     }
 }
 
@@ -476,6 +649,8 @@ struct Norm<'a> {
     n_seq: f64,
     n_tok: f64,
     h: f64,
+    /// ΔL: per-sequence factor L_i^−α / mean_j L_j^−α, `(B, 1)`.
+    delta_l: Option<Tensor>,
 }
 
 impl Norm<'_> {
@@ -494,6 +669,15 @@ impl Norm<'_> {
             Aggregation::SeqMeanTokenSumNorm => per_seq
                 .sum_all()?
                 .affine(1.0 / (self.n_seq * self.h), 0.0)?,
+            Aggregation::DeltaL => {
+                let c = self
+                    .delta_l
+                    .as_ref()
+                    .ok_or_else(|| input_err!("delta_l: per-sequence weights missing"))?;
+                (per_seq * c)?
+                    .sum_all()?
+                    .affine(1.0 / (self.n_seq * self.h), 0.0)?
+            }
         })
     }
 }
@@ -586,9 +770,18 @@ pub fn policy_loss_resolved(
              micro-batches (the longest response of one micro-batch is not a constant)"
         ));
     }
+    if let (Some(what), Some(_)) = (obj.whole_batch_only(), inp.global_counts) {
+        return Err(input_err!(
+            "train.micro_batch_size: {what} needs each mini-batch in one call (set micro_batch_size = 0)"
+        ));
+    }
     let h = obj
         .norm_len
         .unwrap_or_else(|| lens_v.iter().cloned().fold(0.0, f64::max));
+    let delta_l = (obj.aggregation == Aggregation::DeltaL)
+        .then(|| methods::delta_l_factors(&lens_v, obj.delta_l_alpha))
+        .map(|c| Tensor::from_vec(c, (b, 1), logp.device())?.to_dtype(dt))
+        .transpose()?;
     let norm = Norm {
         valid: &valid,
         zeros: &zeros,
@@ -597,6 +790,7 @@ pub fn policy_loss_resolved(
         n_seq,
         n_tok,
         h,
+        delta_l,
     };
 
     // Masked log-ratio: exactly 0 (and gradient-free) on padding.
@@ -623,6 +817,7 @@ pub fn policy_loss_resolved(
     let neg_a = adv_b.neg()?;
     let rd = ratio.detach();
     let (lo, hi) = (1.0 - obj.eps_low, 1.0 + obj.eps_high);
+    let lp = valid.where_cond(logp, &zeros)?;
     let (clip_lo, clip_hi, pg_mat) = match obj.surrogate {
         Surrogate::Clip => {
             let a_pos = adv_b.gt(0.0)?;
@@ -640,12 +835,46 @@ pub fn policy_loss_resolved(
         }
         Surrogate::Cispo => {
             let w = rd.clamp(lo, hi)?;
-            let lp = valid.where_cond(logp, &zeros)?;
             let l = lp.broadcast_mul(&(w * &neg_a)?)?;
             (rd.lt(lo)?, rd.gt(hi)?, l)
         }
+        Surrogate::Dispo => {
+            let pos = adv_b.gt(0.0)?;
+            let bound = |p: f64, n: f64| -> Result<Tensor> {
+                let pt = Tensor::full(p, rshape.clone(), logp.device())?.to_dtype(dt)?;
+                let nt = Tensor::full(n, rshape.clone(), logp.device())?.to_dtype(dt)?;
+                Ok(pos.where_cond(&pt, &nt)?)
+            };
+            let lo_t = bound(lo, 1.0 - obj.eps_low_neg.unwrap_or(obj.eps_low))?;
+            let hi_t = bound(hi, 1.0 + obj.eps_high_neg.unwrap_or(obj.eps_high))?;
+            let w = rd.maximum(&lo_t)?.minimum(&hi_t)?;
+            let l = lp.broadcast_mul(&(w * &neg_a)?)?;
+            (rd.lt(&lo_t)?, rd.gt(&hi_t)?, l)
+        }
+        Surrogate::Drpo => {
+            let none = rd.zeros_like()?.to_dtype(DType::U8)?;
+            (none.clone(), none, zeros.clone())
+        }
     };
-    let pg = norm.aggregate(&pg_mat)?;
+
+    // Per-token weights: the caller's, SPINE's forking mask, UloRL's mastered-token mask.
+    let masks = methods::TokenMasks::build(obj, inp, &valid, &adv, &old)?;
+    let weights = methods::combine(inp.token_weights, &masks, &valid, dt)?;
+    let pg_mat = match &weights {
+        Some(w) => pg_mat.broadcast_as((b, t))?.mul(w)?,
+        None => pg_mat,
+    };
+    let mut reg: Option<Tensor> = None;
+    let pg = if obj.surrogate == Surrogate::Drpo {
+        let groups = inp
+            .groups
+            .ok_or_else(|| input_err!("groups: drpo needs the group (prompt) of every sequence"))?;
+        let (pg, tr) = methods::drpo(obj, &lp, weights.as_ref(), &lens_v, &adv, groups, &d, n_tok)?;
+        reg = Some(tr);
+        pg
+    } else {
+        norm.aggregate(&pg_mat)?
+    };
     let mut loss = pg.clone();
 
     // Diagnostics.
@@ -675,7 +904,11 @@ pub fn policy_loss_resolved(
     if let Some(r) = inp.ref_logp {
         check_shape("ref_logp", r, &dims)?;
         let x = valid.where_cond(&(logp - r.to_dtype(dt)?.detach())?, &zeros)?;
-        let kl = kl_estimate(&x, obj.kl_estimator)?;
+        let mut kl = kl_estimate(&x, obj.kl_estimator)?;
+        if let Some(f) = &masks.forking {
+            // SPINE: the KL to the reference acts on forking tokens only.
+            kl = f.where_cond(&kl, &zeros)?;
+        }
         kl_stat = Some(scalar(&valid.where_cond(&kl, &zeros)?.sum_all()?)? / n_tok_local.max(1.0));
         if obj.kl_beta > 0.0 {
             loss = (loss + norm.aggregate(&kl)?.affine(obj.kl_beta, 0.0)?)?;
@@ -695,7 +928,29 @@ pub fn policy_loss_resolved(
         if obj.entropy_coef != 0.0 {
             loss = (loss - norm.aggregate(&e)?.affine(obj.entropy_coef, 0.0)?)?;
         }
+        if let Some(band) = methods::spine_band(obj, &masks, &e, &zeros, n_seq)? {
+            reg = Some(match reg {
+                Some(r) => (r + band)?,
+                None => band,
+            });
+        }
     }
+    if obj.llds_lambda > 0.0 {
+        let l = methods::llds(obj.llds_lambda, &d, &valid, &zeros, &adv, n_tok)?;
+        reg = Some(match reg {
+            Some(r) => (r + l)?,
+            None => l,
+        });
+    }
+    if let Some(r) = &reg {
+        loss = (loss + r)?;
+    }
+    let pg_token_frac = match &weights {
+        Some(w) => {
+            Some(scalar(&w.ne(0.0)?.to_dtype(dt)?.mul(&validf)?.sum_all()?)? / n_tok_local.max(1.0))
+        }
+        None => None,
+    };
     let stats = ObjectiveStats {
         clip_frac_low,
         clip_frac_high,
@@ -704,6 +959,12 @@ pub fn policy_loss_resolved(
         kl: kl_stat,
         entropy: ent_stat,
         pg_loss: scalar(&pg)?,
+        reg_loss: reg.as_ref().map(scalar).transpose()?,
+        pg_token_frac,
     };
-    Ok(ObjectiveOutput { loss, stats })
+    Ok(ObjectiveOutput {
+        loss,
+        stats,
+        token_weights: weights,
+    })
 }

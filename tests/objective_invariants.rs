@@ -477,6 +477,8 @@ fn bad_shapes_are_input_errors() {
             advantages: adv,
             ref_logp: None,
             entropy: None,
+            groups: None,
+            token_weights: None,
             global_counts: None,
         };
         match policy_loss(&ObjectiveConfig::default(), &inp) {
@@ -496,6 +498,8 @@ fn bad_shapes_are_input_errors() {
         advantages: &a,
         ref_logp: None,
         entropy: None,
+        groups: None,
+        token_weights: None,
         global_counts: None,
     };
     match policy_loss(&cfg("grpo", json!({"kl_beta": 0.1})), &inp) {
@@ -503,6 +507,8 @@ fn bad_shapes_are_input_errors() {
         _ => panic!("kl without reference must fail"),
     }
     let inp = PolicyInputs {
+        groups: None,
+        token_weights: None,
         global_counts: Some((4.0, 12.0)),
         ..inp
     };

@@ -5,8 +5,11 @@
 //! "advantage": 0.57}, ..]}`. Any `ObjectiveConfig` override key may appear at the top level; per sequence,
 //! `ref_logp` (for `kl_beta`) and `entropy` are optional, and `advantage` may be replaced by `reward`
 //! (+ optional `group`, default 0) with a top-level `advantage_estimator` (grpo | dr_grpo | rloo | batch).
+//! `group` is also the prompt DRPO groups by; `token_weight` (optional, per token) multiplies the policy-gradient
+//! term (a 0/1 mask is a weight).
 //! Output (one JSON object on stdout): loss, grad_logp (ragged like the input), clip_frac_low, clip_frac_high,
-//! ratio_mean, approx_kl, pg_loss, advantages, resolved config, and kl / entropy / grad_entropy when used.
+//! ratio_mean, approx_kl, pg_loss, advantages, resolved config, kl / entropy / grad_entropy when used, and
+//! reg_loss / pg_token_frac / token_weights (the weights after SPINE's and UloRL's masks) when a method uses them.
 
 use std::io::Read;
 
@@ -33,29 +36,18 @@ pub fn run(_args: LossArgs) -> anyhow::Result<()> {
 }
 
 /// Keys of one sequence.
-const SEQ_KEYS: [&str; 7] = [
+const SEQ_KEYS: [&str; 8] = [
     "logp",
     "old_logp",
     "advantage",
     "ref_logp",
     "entropy",
+    "token_weight",
     "reward",
     "group",
 ];
-/// Top-level keys besides the objective overrides.
+/// Top-level keys besides the objective knobs (`ObjectiveConfig::KEYS`).
 const TOP_KEYS: [&str; 3] = ["objective", "sequences", "advantage_estimator"];
-/// `ObjectiveConfig` override keys accepted at the top level.
-const OVERRIDE_KEYS: [&str; 9] = [
-    "importance",
-    "aggregation",
-    "eps_low",
-    "eps_high",
-    "dual_clip",
-    "norm_len",
-    "kl_beta",
-    "kl_estimator",
-    "entropy_coef",
-];
 
 fn numbers(v: &Value, at: &str) -> Result<Vec<f64>> {
     let arr = v
@@ -92,6 +84,7 @@ struct Seq {
     adv: Option<f64>,
     reference: Option<Vec<f64>>,
     entropy: Option<Vec<f64>>,
+    token_weight: Option<Vec<f64>>,
     reward: Option<f64>,
     group: usize,
 }
@@ -156,12 +149,14 @@ fn parse_seq(i: usize, v: &Value) -> Result<Seq> {
     }
     let reference = opt_vec("ref_logp")?;
     let entropy = opt_vec("entropy")?;
+    let token_weight = opt_vec("token_weight")?;
     Ok(Seq {
         logp,
         old,
         adv,
         reference,
         entropy,
+        token_weight,
         reward,
         group,
     })
@@ -192,12 +187,12 @@ pub fn evaluate_json(text: &str) -> Result<Value> {
         .ok_or_else(|| anyhow!("stdin: expected one JSON object"))?;
     if let Some(k) = top
         .keys()
-        .find(|k| !TOP_KEYS.contains(&k.as_str()) && !OVERRIDE_KEYS.contains(&k.as_str()))
+        .find(|k| !TOP_KEYS.contains(&k.as_str()) && !ObjectiveConfig::KEYS.contains(&k.as_str()))
     {
         bail!(
             "unknown key `{k}` (expected one of: {}, {})",
             TOP_KEYS.join(", "),
-            OVERRIDE_KEYS.join(", ")
+            ObjectiveConfig::KEYS.join(", ")
         );
     }
     let name = top
@@ -207,28 +202,12 @@ pub fn evaluate_json(text: &str) -> Result<Value> {
         .as_str()
         .ok_or_else(|| anyhow!("objective: expected a string, got {name}"))?;
     if Preset::from_name(name).is_none() {
-        let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
-        bail!(
-            "objective: unknown objective `{name}` (expected one of: {})",
-            names.join(", ")
-        );
+        return Err(Preset::unknown("objective", name).into());
     }
     let mut cfg = ObjectiveConfig::preset(name);
-    fn parse<T: serde::de::DeserializeOwned>(x: &Value, k: &str) -> Result<T> {
-        serde_json::from_value(x.clone()).map_err(|e| anyhow!("{k}: {e}"))
-    }
-    for k in OVERRIDE_KEYS {
-        let Some(x) = top.get(k) else { continue };
-        match k {
-            "importance" => cfg.importance = Some(parse(x, k)?),
-            "aggregation" => cfg.aggregation = Some(parse(x, k)?),
-            "kl_estimator" => cfg.kl_estimator = Some(parse(x, k)?),
-            "eps_low" => cfg.eps_low = Some(finite(x, k)?),
-            "eps_high" => cfg.eps_high = Some(finite(x, k)?),
-            "dual_clip" => cfg.dual_clip = Some(finite(x, k)?),
-            "norm_len" => cfg.norm_len = Some(finite(x, k)?),
-            "kl_beta" => cfg.kl_beta = Some(finite(x, k)?),
-            _ => cfg.entropy_coef = Some(finite(x, k)?),
+    for (k, x) in top {
+        if !TOP_KEYS.contains(&k.as_str()) {
+            cfg.set_json(k, x).map_err(|e| anyhow!("{k}: {e}"))?;
         }
     }
     let obj = cfg.resolve_at("")?;
@@ -306,6 +285,21 @@ pub fn evaluate_json(text: &str) -> Result<Value> {
     } else {
         None
     };
+    let token_weights = if seqs.iter().any(|s| s.token_weight.is_some()) {
+        let mut ws = Vec::new();
+        for (i, s) in seqs.iter().enumerate() {
+            match &s.token_weight {
+                Some(w) => ws.push(w.as_slice()),
+                None => {
+                    bail!("sequences[{i}]: missing key `token_weight` (other sequences have one)")
+                }
+            }
+        }
+        Some(padded(&ws, t)?)
+    } else {
+        None
+    };
+    let groups: Vec<usize> = seqs.iter().map(|s| s.group).collect();
     let inputs = PolicyInputs {
         logp: logp.as_tensor(),
         old_logp: &old,
@@ -313,6 +307,8 @@ pub fn evaluate_json(text: &str) -> Result<Value> {
         advantages: &advantages,
         ref_logp: reference.as_ref(),
         entropy: entropy.as_ref().map(|e| e.as_tensor()),
+        groups: Some(&groups),
+        token_weights: token_weights.as_ref(),
         global_counts: None,
     };
     let out = policy_loss_resolved(&obj, &inputs)?;
@@ -335,6 +331,15 @@ pub fn evaluate_json(text: &str) -> Result<Value> {
     }
     if let Some(e) = out.stats.entropy {
         res["entropy"] = json!(e);
+    }
+    if let Some(r) = out.stats.reg_loss {
+        res["reg_loss"] = json!(r);
+    }
+    if let Some(f) = out.stats.pg_token_frac {
+        res["pg_token_frac"] = json!(f);
+    }
+    if let Some(w) = &out.token_weights {
+        res["token_weights"] = json!(ragged(w, &lens)?);
     }
     if let Some(e) = &entropy {
         let g = grads.get(e.as_tensor()).unwrap_or(&zeros);

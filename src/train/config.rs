@@ -9,6 +9,7 @@ use crate::control::ControlConfig;
 use crate::objective::{ObjectiveConfig, Preset};
 use crate::reward::RewardConfig;
 use crate::task::TaskConfig;
+use crate::train::length_schedule::{siri_cap, LengthSchedule, SiriShape};
 use crate::{input_err, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -144,6 +145,36 @@ pub struct RolloutConfig {
     pub max_sampling_rounds: usize,
     /// Give truncated responses zero loss weight (DAPO overlong filtering).
     pub mask_truncated: bool,
+    /// Schedule of the new-token cap over RL steps: `none` (constant `max_new_tokens`) or `siri`.
+    pub length_schedule: LengthSchedule,
+    /// SIRI: `cosine` or `stair`.
+    pub siri_shape: SiriShape,
+    /// SIRI: L_min, the smallest cap (0 = half of `max_new_tokens`, the paper's 8k of 16k).
+    pub siri_l_min: usize,
+    /// SIRI: T, the period in RL steps.
+    pub siri_period: u64,
+}
+
+impl RolloutConfig {
+    /// The new-token cap of RL step `step` (1-based, as in the step metrics).
+    pub fn max_new_tokens_at(&self, step: u64) -> usize {
+        match self.length_schedule {
+            LengthSchedule::None => self.max_new_tokens,
+            LengthSchedule::Siri => {
+                let l_min = match self.siri_l_min {
+                    0 => self.max_new_tokens / 2,
+                    n => n,
+                };
+                siri_cap(
+                    self.siri_shape,
+                    step.saturating_sub(1),
+                    self.max_new_tokens,
+                    l_min.max(1),
+                    self.siri_period,
+                )
+            }
+        }
+    }
 }
 
 impl Default for RolloutConfig {
@@ -160,6 +191,10 @@ impl Default for RolloutConfig {
             dynamic_sampling: false,
             max_sampling_rounds: 3,
             mask_truncated: false,
+            length_schedule: LengthSchedule::None,
+            siri_shape: SiriShape::Cosine,
+            siri_l_min: 0,
+            siri_period: 640,
         }
     }
 }
@@ -422,6 +457,12 @@ impl RunConfig {
                 "must be ≥ 1",
             ),
             (
+                r.siri_l_min <= r.max_new_tokens,
+                "rollout.siri_l_min",
+                "must be ≤ rollout.max_new_tokens",
+            ),
+            (r.siri_period >= 1, "rollout.siri_period", "must be ≥ 1"),
+            (
                 r.max_sampling_rounds >= 1,
                 "rollout.max_sampling_rounds",
                 "must be ≥ 1",
@@ -481,9 +522,16 @@ impl RunConfig {
                 return Err(input_err!("{key}: {why}"));
             }
         }
-        self.objective.resolved()?;
+        let obj = self.objective.resolved()?;
         self.reward_resolved()?;
         self.control.validate()?;
+        if let Some(what) = obj.whole_batch_only() {
+            if t.micro_batch_size != 0 && t.micro_batch_size < self.mini_batch_size() {
+                return Err(input_err!(
+                    "train.micro_batch_size: {what} needs each mini-batch in one call (set micro_batch_size = 0)"
+                ));
+            }
+        }
         let batch = r.prompts_per_step * r.group_size;
         if t.mini_batch_size > batch {
             return Err(input_err!(

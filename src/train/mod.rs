@@ -5,6 +5,7 @@
 //! - `rl`: the RL loop and the run directory it writes (format: `crate::metrics`).
 //! - `sft`: the supervised warm start and its cache.
 //! - `eval`: held-out evaluation.
+//! - `length_schedule`: SIRI schedules of the new-token cap.
 //! - `policy`: the trained model (tiny built-in or loaded), prompt encoding, sampling.
 //! - `optim`: AdamW with saveable moments, gradient-norm clipping, warm-up schedule.
 //! - `checkpoint`: atomic checkpoints and resume state.
@@ -17,6 +18,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod eval;
 pub mod files;
+pub mod length_schedule;
 pub mod optim;
 pub mod policy;
 pub mod progress;

@@ -528,6 +528,8 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     let mut zero_std_groups = 0usize;
     let mut generated_tokens = 0usize;
     let mut rounds = 0;
+    let mut params = ctx.params.clone();
+    params.max_new_tokens = cfg.rollout.max_new_tokens_at(step);
     let mut step_groups: Vec<Group> = vec![];
     let micro = if cfg.train.micro_batch_size == 0 {
         cfg.mini_batch_size()
@@ -537,7 +539,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     let pad = ctx.policy.pad_id();
     let at = StepInfo {
         step,
-        max_new_tokens: cfg.rollout.max_new_tokens,
+        max_new_tokens: params.max_new_tokens,
     };
     while kept_groups.len() < p_count {
         let need = p_count - kept_groups.len();
@@ -557,7 +559,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
         let outs = ctx.policy.generate(
             ctx.policy.model(),
             &prompts,
-            &ctx.params,
+            &params,
             cfg.rollout.generation_batch_size,
             &mut state.rng_rollout,
         )?;
@@ -746,14 +748,8 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                     continue;
                 }
                 let mbt = tensors_of(&refs, pad, &ctx.device)?;
-                if mbt.token_weights.is_some() {
-                    // The hook is in place; the objective's per-token weight input arrives with issue 10's
-                    // objective side (`PolicyInputs::token_weights`).
-                    return Err(input_err!(
-                        "control.method: per-token weights are not supported by the objective yet"
-                    ));
-                }
                 let (logp, ent) = token_logprobs(ctx.policy.model(), &mbt.batch)?;
+                let groups: Vec<usize> = refs.iter().map(|s| s.group).collect();
                 trained_tokens += refs
                     .iter()
                     .map(|s| s.prompt.len() + s.response.len())
@@ -764,11 +760,9 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                     mask: &mbt.mask,
                     advantages: &mbt.adv,
                     ref_logp: mbt.ref_lp.as_ref(),
-                    entropy: if ctx.obj.entropy_coef != 0.0 {
-                        Some(&ent)
-                    } else {
-                        None
-                    },
+                    entropy: ctx.obj.needs_entropy().then_some(&ent),
+                    groups: Some(&groups),
+                    token_weights: mbt.token_weights.as_ref(),
                     global_counts: if split {
                         Some((n_seq as f64, n_tok as f64))
                     } else {
@@ -816,6 +810,9 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                 if let Some(k) = st.kl {
                     kl += f * k;
                     has_kl = true;
+                }
+                if let Some(p) = st.pg_token_frac {
+                    *s.pg_token_frac.get_or_insert(0.0) += f * p;
                 }
             }
             s.kl = has_kl.then_some(kl);
@@ -876,6 +873,10 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
         ratio_mean: mean(stats.iter().map(|s| s.ratio_mean)),
         approx_kl: mean(stats.iter().map(|s| s.approx_kl)),
         kl: (ctx.obj.kl_beta > 0.0).then(|| mean(stats.iter().filter_map(|s| s.kl))),
+        pg_token_frac: stats
+            .iter()
+            .any(|s| s.pg_token_frac.is_some())
+            .then(|| mean(stats.iter().filter_map(|s| s.pg_token_frac))),
         loss: mean(losses.iter().copied()),
         grad_norm: mean(norms.iter().copied()),
         lr: lr_used,

@@ -88,6 +88,8 @@ pub fn eval_with(
         advantages: &adv,
         ref_logp: reference.as_ref(),
         entropy: entropy.as_ref().map(|e| e.as_tensor()),
+        groups: None,
+        token_weights: None,
         global_counts: gc,
     };
     let out = policy_loss(cfg, &inputs).unwrap();
