@@ -8,6 +8,7 @@ pub mod cli;
 pub mod compare;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod metrics;
 pub mod model;
 pub mod objective;
@@ -16,6 +17,7 @@ pub mod report;
 pub mod reward;
 pub mod rollout;
 pub mod task;
+pub mod tb;
 pub mod train;
 
 pub use error::{Error, Result};

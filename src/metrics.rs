@@ -66,6 +66,18 @@ pub struct StepMetrics {
     pub tokens_per_s: f64,
     /// Wall time of the step.
     pub step_seconds: f64,
+    /// With an engine: mean |log π_trainer − log π_engine| over the sampled tokens.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub engine_logprob_diff: Option<f64>,
+    /// With an engine: KL(engine‖trainer) per token on the engine's samples (k3 estimator).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub engine_kl: Option<f64>,
+    /// With `rollout.tis_cap`: mean truncated importance weight of the trained sequences.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tis_weight_mean: Option<f64>,
+    /// With an engine: wall seconds spent pushing the weights to it before this step's rollouts.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub weight_sync_seconds: Option<f64>,
 }
 
 /// One held-out evaluation.

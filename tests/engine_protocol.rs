@@ -2,7 +2,7 @@
 //! (tests/fixtures/engine/README.md), through a real HTTP round trip to a local stub server.
 
 use luspo::engine::protocol::{self, EngineCompletion};
-use luspo::engine::{mismatch, tis_weights, Engine, EngineKind};
+use luspo::engine::{mismatch, tis_weight, Engine, EngineKind};
 use luspo::rollout::SamplingParams;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -174,6 +174,7 @@ fn mismatch_and_tis_by_hand() {
     let l2 = 2f64.ln();
     assert!((abs - l2 / 2.0).abs() < 1e-6);
     assert!((kl - (1.0 - l2) / 2.0).abs() < 1e-6);
-    let w = tis_weights(&e[0], &t[0], 1.5);
-    assert!((w[0] - 1.5).abs() < 1e-6 && (w[1] - 1.0).abs() < 1e-6);
+    // Sequence weight: exp(Σ d) = exp(ln 2 + 0) = 2, then capped.
+    assert!((tis_weight(&e[0], &t[0], 100.0) - 2.0).abs() < 1e-6);
+    assert!((tis_weight(&e[0], &t[0], 1.5) - 1.5).abs() < 1e-9);
 }

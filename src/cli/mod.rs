@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod compare;
+pub mod export;
 pub mod generate;
 pub mod loss;
 pub mod score;

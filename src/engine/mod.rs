@@ -3,8 +3,11 @@
 //! concurrently (`concurrency` in flight), each with a timeout and retries; a failure is one line naming the URL.
 
 pub mod protocol;
+pub mod sync;
 
-use crate::rollout::SamplingParams;
+use crate::rollout::{Completion, SamplingParams};
+use crate::train::config::RolloutConfig;
+use rand::RngCore;
 use crate::{input_err, Result};
 pub use protocol::EngineCompletion;
 use serde::{Deserialize, Serialize};
@@ -72,6 +75,41 @@ impl Engine {
             retries,
             agent,
         })
+    }
+
+    /// The client `[rollout]` asks for (`None` with `engine = "local"`).
+    pub fn from_config(r: &RolloutConfig) -> Result<Option<Self>> {
+        if r.engine == EngineKind::Local {
+            return Ok(None);
+        }
+        Self::new(
+            r.engine,
+            &r.engine_url,
+            &r.engine_model,
+            r.engine_concurrency,
+            r.engine_timeout_s,
+            r.engine_retries,
+        )
+        .map(Some)
+    }
+
+    /// One completion per prompt, each request seeded from `rng` (one draw per prompt, in prompt order).
+    pub fn complete(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &SamplingParams,
+        rng: &mut impl RngCore,
+    ) -> Result<Vec<Completion>> {
+        let seeds: Vec<u64> = prompts.iter().map(|_| rng.next_u64()).collect();
+        Ok(self
+            .generate(prompts, params, &seeds)?
+            .into_iter()
+            .map(|c| Completion {
+                ids: c.ids,
+                logprobs: c.logprobs,
+                finished: c.finished,
+            })
+            .collect())
     }
 
     /// The engine's base URL.
@@ -193,12 +231,14 @@ pub fn mismatch(engine: &[Vec<f32>], trainer: &[Vec<f32>]) -> (f64, f64) {
     }
 }
 
-/// Truncated importance-sampling weights `min(exp(trainer − engine), cap)` per token (TRL's
-/// `vllm_importance_sampling_correction`, verl's TIS).
-pub fn tis_weights(engine: &[f32], trainer: &[f32], cap: f64) -> Vec<f32> {
-    engine
+/// Sequence-level truncated importance-sampling weight `min(exp(Σ_t trainer_t − engine_t), cap)` (verl's
+/// sequence-level TIS; TRL's `vllm_importance_sampling_correction` is the per-token version): the sampler was
+/// the engine, the objective's old policy the trainer.
+pub fn tis_weight(engine: &[f32], trainer: &[f32], cap: f64) -> f64 {
+    let log_ratio: f64 = engine
         .iter()
         .zip(trainer)
-        .map(|(&e, &t)| ((t as f64 - e as f64).exp().min(cap)) as f32)
-        .collect()
+        .map(|(&e, &t)| t as f64 - e as f64)
+        .sum();
+    log_ratio.min(cap.ln()).exp()
 }
