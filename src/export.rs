@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The element type of the exported 2-D weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum GgufDType {
     /// 32-bit floats (exact).

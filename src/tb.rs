@@ -53,10 +53,15 @@ impl TbWriter {
     /// Starts a fresh event file in `dir`, removing older event files there (the caller replays what the
     /// logs already hold, so after a resume the event files match `metrics.jsonl` and `eval.jsonl` exactly).
     pub fn create(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| input_err!("{}: cannot create: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| input_err!("{}: cannot create: {e}", dir.display()))?;
         let entries = std::fs::read_dir(dir).map_err(|e| input_err!("{}: {e}", dir.display()))?;
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("events.out.tfevents.") {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("events.out.tfevents.")
+            {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -94,7 +99,12 @@ impl TbWriter {
 
     /// Writes one event at `step` with a scalar `prefix/key` per numeric top-level field of `record` (a JSON
     /// object; `step` itself and non-numbers are skipped).
-    pub fn scalars<T: serde::Serialize>(&mut self, prefix: &str, step: u64, record: &T) -> Result<()> {
+    pub fn scalars<T: serde::Serialize>(
+        &mut self,
+        prefix: &str,
+        step: u64,
+        record: &T,
+    ) -> Result<()> {
         let v = serde_json::to_value(record)?;
         let Some(obj) = v.as_object() else {
             return Ok(());
@@ -183,8 +193,12 @@ pub fn read_scalars(path: &Path) -> Result<Vec<Scalar>> {
         if masked_crc(&head[..8]).to_le_bytes() != head[8..12] {
             return Err(bad("bad length CRC"));
         }
-        let data = b.get(i + 12..i + 12 + len).ok_or_else(|| bad("truncated record"))?;
-        let crc = b.get(i + 12 + len..i + 16 + len).ok_or_else(|| bad("truncated record"))?;
+        let data = b
+            .get(i + 12..i + 12 + len)
+            .ok_or_else(|| bad("truncated record"))?;
+        let crc = b
+            .get(i + 12 + len..i + 16 + len)
+            .ok_or_else(|| bad("truncated record"))?;
         if masked_crc(data).to_le_bytes() != crc {
             return Err(bad("bad data CRC"));
         }

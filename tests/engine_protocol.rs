@@ -10,7 +10,10 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
 fn fixture(name: &str) -> Value {
-    let p = format!("{}/tests/fixtures/engine/{name}", env!("CARGO_MANIFEST_DIR"));
+    let p = format!(
+        "{}/tests/fixtures/engine/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
 }
 
@@ -68,7 +71,9 @@ fn params() -> SamplingParams {
 fn sglang_generate_round_trip() {
     let (url, seen) = stub(200, fixture("sglang_generate.json"), 2);
     let e = Engine::new(EngineKind::Sglang, &url, "", 2, 5.0, 0).unwrap();
-    let out = e.generate(&[vec![5, 6], vec![7]], &params(), &[11, 12]).unwrap();
+    let out = e
+        .generate(&[vec![5, 6], vec![7]], &params(), &[11, 12])
+        .unwrap();
     let want = EngineCompletion {
         ids: vec![16, 17, 2],
         logprobs: vec![-0.25, -1.5, -0.125],
@@ -82,7 +87,10 @@ fn sglang_generate_round_trip() {
         assert_eq!(req["return_logprob"], true);
         assert_eq!(req["sampling_params"]["max_new_tokens"], 3);
         assert_eq!(req["sampling_params"]["top_k"], -1);
-        assert_eq!(req["sampling_params"]["stop_token_ids"], serde_json::json!([2]));
+        assert_eq!(
+            req["sampling_params"]["stop_token_ids"],
+            serde_json::json!([2])
+        );
     }
     let ids: Vec<&Value> = seen.iter().map(|(_, r)| &r["input_ids"]).collect();
     assert!(ids.contains(&&serde_json::json!([5, 6])) && ids.contains(&&serde_json::json!([7])));
@@ -121,7 +129,8 @@ fn vllm_ids_from_token_strings_when_token_ids_absent() {
 
 #[test]
 fn llamacpp_content_logprobs_parse() {
-    let c = protocol::parse_response(EngineKind::Openai, &fixture("llamacpp_completions.json")).unwrap();
+    let c = protocol::parse_response(EngineKind::Openai, &fixture("llamacpp_completions.json"))
+        .unwrap();
     assert_eq!(
         c,
         EngineCompletion {
@@ -135,7 +144,9 @@ fn llamacpp_content_logprobs_parse() {
 #[test]
 fn sglang_update_answer() {
     assert!(protocol::parse_sglang_update(&fixture("sglang_update_weights.json")).is_ok());
-    let err = protocol::parse_sglang_update(&serde_json::json!({"success": false, "message": "bad path"}));
+    let err = protocol::parse_sglang_update(
+        &serde_json::json!({"success": false, "message": "bad path"}),
+    );
     assert!(err.unwrap_err().contains("bad path"));
 }
 
@@ -143,25 +154,44 @@ fn sglang_update_answer() {
 fn nonsense_answer_is_one_line_naming_the_url() {
     let (url, _) = stub(200, serde_json::json!({"hello": 1}), 1);
     let e = Engine::new(EngineKind::Openai, &url, "", 1, 5.0, 0).unwrap();
-    let err = e.generate(&[vec![1]], &params(), &[0]).unwrap_err().to_string();
-    assert!(err.contains(&url) && err.contains("choices[0]") && !err.contains('\n'), "{err}");
+    let err = e
+        .generate(&[vec![1]], &params(), &[0])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&url) && err.contains("choices[0]") && !err.contains('\n'),
+        "{err}"
+    );
 }
 
 #[test]
 fn server_error_is_retried_then_reported() {
     let (url, seen) = stub(503, serde_json::json!({"error": "overloaded"}), 3);
     let e = Engine::new(EngineKind::Sglang, &url, "", 1, 5.0, 2).unwrap();
-    let err = e.generate(&[vec![1]], &params(), &[0]).unwrap_err().to_string();
+    let err = e
+        .generate(&[vec![1]], &params(), &[0])
+        .unwrap_err()
+        .to_string();
     assert_eq!(seen.lock().unwrap().len(), 3, "1 try + 2 retries");
-    assert!(err.contains(&url) && err.contains("HTTP 503") && err.contains("3 attempts"), "{err}");
+    assert!(
+        err.contains(&url) && err.contains("HTTP 503") && err.contains("3 attempts"),
+        "{err}"
+    );
 }
 
 #[test]
 fn server_down_names_the_url() {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("http://127.0.0.1:{port}");
     let e = Engine::new(EngineKind::Vllm, &url, "", 1, 2.0, 0).unwrap();
-    let err = e.generate(&[vec![1]], &params(), &[0]).unwrap_err().to_string();
+    let err = e
+        .generate(&[vec![1]], &params(), &[0])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&url) && !err.contains('\n'), "{err}");
 }
 

@@ -86,7 +86,9 @@ fn events_hold_every_logged_metric_also_after_resume() {
     let c = cfg(cache.path(), &[]);
     assert!(matches!(run(&c, &out, false), Outcome::Finished(_)));
     let want = expected(&out);
-    assert!(want.iter().any(|s| s.tag == "train/reward_mean" && s.step == 4));
+    assert!(want
+        .iter()
+        .any(|s| s.tag == "train/reward_mean" && s.step == 4));
     assert!(want.iter().any(|s| s.tag == "eval/accuracy" && s.step == 0));
     assert_eq!(sorted(actual(&out)), sorted(want));
 
@@ -97,7 +99,10 @@ fn events_hold_every_logged_metric_also_after_resume() {
     assert!(matches!(run(&c, &out2, true), Outcome::Finished(_)));
     let want2 = expected(&out2);
     assert_eq!(
-        want2.iter().filter(|s| s.tag == "train/reward_mean").count(),
+        want2
+            .iter()
+            .filter(|s| s.tag == "train/reward_mean")
+            .count(),
         4
     );
     assert_eq!(sorted(actual(&out2)), sorted(want2));

@@ -7,9 +7,9 @@ pub mod sync;
 
 use crate::rollout::{Completion, SamplingParams};
 use crate::train::config::RolloutConfig;
-use rand::RngCore;
 use crate::{input_err, Result};
 pub use protocol::EngineCompletion;
+use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -191,12 +191,16 @@ impl Engine {
                     if i >= prompts.len() {
                         break;
                     }
-                    let body =
-                        protocol::request_body(self.kind, &self.model, &prompts[i], params, seeds[i]);
+                    let body = protocol::request_body(
+                        self.kind,
+                        &self.model,
+                        &prompts[i],
+                        params,
+                        seeds[i],
+                    );
                     let r = self.post(path, &body).and_then(|v| {
-                        protocol::parse_response(self.kind, &v).map_err(|e| {
-                            input_err!("{}{path}: unexpected answer: {e}", self.url)
-                        })
+                        protocol::parse_response(self.kind, &v)
+                            .map_err(|e| input_err!("{}{path}: unexpected answer: {e}", self.url))
                     });
                     results.lock().expect("no panics while holding the lock")[i] = Some(r);
                 });

@@ -191,7 +191,9 @@ fn parse_completions(body: &Value) -> Result<EngineCompletion, String> {
                         .and_then(|s| s.strip_prefix("token_id:"))
                         .and_then(|s| s.parse().ok())
                         .ok_or_else(|| {
-                            format!("choices[0].logprobs.tokens[{i}]: expected \"token_id:N\", got {v}")
+                            format!(
+                                "choices[0].logprobs.tokens[{i}]: expected \"token_id:N\", got {v}"
+                            )
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()?,

@@ -140,9 +140,8 @@ impl WeightSync {
         } else {
             let body = super::protocol::sglang_update_body(&path.to_string_lossy());
             let answer = self.engine.post("/update_weights_from_disk", &body)?;
-            super::protocol::parse_sglang_update(&answer).map_err(|e| {
-                input_err!("{}/update_weights_from_disk: {e}", self.engine.url())
-            })?;
+            super::protocol::parse_sglang_update(&answer)
+                .map_err(|e| input_err!("{}/update_weights_from_disk: {e}", self.engine.url()))?;
         }
         if let Some(old) = self.previous.replace(path.clone()).filter(|o| *o != path) {
             let _ = if old.is_dir() {

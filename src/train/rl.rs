@@ -629,7 +629,8 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
         }
     }
 
-    let engine_stats = has_engine.then(|| engine_corrections(&mut samples, &trainable, cfg.rollout.tis_cap));
+    let engine_stats =
+        has_engine.then(|| engine_corrections(&mut samples, &trainable, cfg.rollout.tis_cap));
 
     // ppo_epochs over shuffled mini-batches.
     let mb = cfg.mini_batch_size().min(trainable.len()).max(1);
