@@ -5,6 +5,7 @@
 //! - `metrics.jsonl`: one `StepMetrics` per RL step, exactly once per step (also after `--resume`).
 //! - `eval.jsonl`: one `EvalRecord` per held-out evaluation (step 0 = after the warm start, before RL).
 //! - `rollouts.jsonl`: one `RolloutRecord` per sampled response per step (for length analysis).
+//! - `tb/events.out.tfevents.*`: the numbers of `metrics.jsonl` and `eval.jsonl` as TensorBoard scalars.
 //! - `summary.json`: `Summary`.
 //! - `checkpoints/step-NNNNNN/` (latest kept), `final/` (an HF directory of the final policy).
 
