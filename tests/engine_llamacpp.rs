@@ -55,6 +55,19 @@ fn server_args(port: u16) -> String {
     )
 }
 
+/// An `openai` client of the server on `port` (one retry, 120 s timeout).
+fn client(port: u16, concurrency: usize) -> Engine {
+    Engine::new(
+        EngineKind::Openai,
+        &format!("http://127.0.0.1:{port}"),
+        "luspo",
+        concurrency,
+        120.0,
+        1,
+    )
+    .unwrap()
+}
+
 /// A running llama-server, killed on drop.
 struct Server {
     child: Child,
@@ -72,16 +85,10 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let engine = Engine::new(
-            EngineKind::Openai,
-            &format!("http://127.0.0.1:{port}"),
-            "luspo",
-            2,
-            120.0,
-            1,
-        )
-        .unwrap();
-        let s = Self { child, engine };
+        let s = Self {
+            child,
+            engine: client(port, 2),
+        };
         s.engine.wait_healthy(120.0).unwrap();
         s
     }
@@ -262,15 +269,7 @@ fn train_with_openai_engine_syncs_weights_by_export_and_restart() {
             let _ = Command::new("kill").arg(pid.trim()).status();
         }
     };
-    let engine = Engine::new(
-        EngineKind::Openai,
-        &format!("http://127.0.0.1:{port}"),
-        "luspo",
-        1,
-        120.0,
-        0,
-    )
-    .unwrap();
+    let engine = client(port, 1);
     let check = || {
         assert!(matches!(res.as_ref().unwrap(), Outcome::Finished(_)));
         let ms: Vec<StepMetrics> = read_jsonl(&out.join("metrics.jsonl")).unwrap();
