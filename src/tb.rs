@@ -156,8 +156,11 @@ fn read_varint(b: &[u8], i: &mut usize) -> Option<u64> {
     None
 }
 
-/// Splits a protobuf message into (field, wire type, varint value or the bytes of a fixed/len field).
-fn fields(b: &[u8]) -> Option<Vec<(u64, u64, u64, &[u8])>> {
+/// One protobuf field: (number, wire type, varint value, bytes of a fixed-size or length-delimited value).
+type Field<'a> = (u64, u64, u64, &'a [u8]);
+
+/// Splits a protobuf message into its fields.
+fn fields(b: &[u8]) -> Option<Vec<Field<'_>>> {
     let mut out = vec![];
     let mut i = 0;
     while i < b.len() {
@@ -243,6 +246,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::manual_rotate)] // written as TensorFlow's crc32c::Mask, independently of masked_crc
     fn masked_crc_matches_tensorflow() {
         // TensorFlow's crc32c_test: crc32c("123456789") = 0xe3069283 (the Castagnoli check value).
         assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);

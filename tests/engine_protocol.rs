@@ -18,7 +18,10 @@ fn fixture(name: &str) -> Value {
 }
 
 /// A one-thread HTTP/1.1 server answering every request with `status` and `body`; records request bodies.
-fn stub(status: u16, body: Value, max: usize) -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+/// The (path, JSON body) of every request a stub received.
+type Seen = Arc<Mutex<Vec<(String, Value)>>>;
+
+fn stub(status: u16, body: Value, max: usize) -> (String, Seen) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(vec![]));
