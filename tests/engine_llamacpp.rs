@@ -40,6 +40,9 @@ fn setup() -> Option<(PathBuf, PathBuf)> {
     Some((bin, model))
 }
 
+/// The tests take turns: two servers and a training run at once overload a 2-core CI machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -55,14 +58,14 @@ fn server_args(port: u16) -> String {
     )
 }
 
-/// An `openai` client of the server on `port` (one retry, 120 s timeout).
+/// An `openai` client of the server on `port` (one retry, 300 s timeout).
 fn client(port: u16, concurrency: usize) -> Engine {
     Engine::new(
         EngineKind::Openai,
         &format!("http://127.0.0.1:{port}"),
         "luspo",
         concurrency,
-        120.0,
+        300.0,
         1,
     )
     .unwrap()
@@ -89,7 +92,7 @@ impl Server {
             child,
             engine: client(port, 2),
         };
-        s.engine.wait_healthy(120.0).unwrap();
+        s.engine.wait_healthy(300.0).unwrap();
         s
     }
 }
@@ -147,6 +150,7 @@ fn max_gap(a: &[Completion], b: &[Completion]) -> f32 {
 #[test]
 fn exported_gguf_gives_luspos_greedy_tokens_and_logprobs() {
     let Some((bin, src)) = setup() else { return };
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let m = io::load(&src, &candle_core::Device::Cpu).unwrap();
 
@@ -212,6 +216,7 @@ fn exported_gguf_gives_luspos_greedy_tokens_and_logprobs() {
 #[test]
 fn train_with_openai_engine_syncs_weights_by_export_and_restart() {
     let Some((bin, src)) = setup() else { return };
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let pidfile = dir.path().join("server.pid");
