@@ -8,7 +8,9 @@ pub mod atomic;
 pub mod cli;
 pub mod compare;
 pub mod control;
+pub mod engine;
 pub mod error;
+pub mod export;
 pub mod metrics;
 pub mod model;
 pub mod objective;
@@ -17,6 +19,7 @@ pub mod report;
 pub mod reward;
 pub mod rollout;
 pub mod task;
+pub mod tb;
 pub mod train;
 
 pub use error::{Error, Result};

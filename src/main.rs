@@ -31,6 +31,8 @@ enum Command {
     Compare(cli::compare::CompareArgs),
     /// Plots and a report for finished runs.
     Report(cli::compare::ReportArgs),
+    /// Write a model as a GGUF file that llama.cpp loads.
+    Export(cli::export::ExportArgs),
 }
 
 fn main() {
@@ -49,6 +51,7 @@ fn main() {
         Command::Train(a) => cli::train::run(a),
         Command::Compare(a) => cli::compare::run(a),
         Command::Report(a) => cli::compare::run_report(a),
+        Command::Export(a) => cli::export::run(a),
     });
     if let Err(e) = result {
         eprintln!("error: {e:#}");

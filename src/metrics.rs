@@ -5,6 +5,7 @@
 //! - `metrics.jsonl`: one `StepMetrics` per RL step, exactly once per step (also after `--resume`).
 //! - `eval.jsonl`: one `EvalRecord` per held-out evaluation (step 0 = after the warm start, before RL).
 //! - `rollouts.jsonl`: one `RolloutRecord` per sampled response per step (for length analysis).
+//! - `tb/events.out.tfevents.*`: the numbers of `metrics.jsonl` and `eval.jsonl` as TensorBoard scalars.
 //! - `summary.json`: `Summary`.
 //! - `checkpoints/step-NNNNNN/` (latest kept), `final/` (an HF directory of the final policy).
 
@@ -69,6 +70,18 @@ pub struct StepMetrics {
     pub tokens_per_s: f64,
     /// Wall time of the step.
     pub step_seconds: f64,
+    /// With an engine: mean |log π_trainer − log π_engine| over the sampled tokens.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub engine_logprob_diff: Option<f64>,
+    /// With an engine: KL(engine‖trainer) per token on the engine's samples (k3 estimator).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub engine_kl: Option<f64>,
+    /// With `rollout.tis_cap`: mean truncated importance weight of the trained sequences.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tis_weight_mean: Option<f64>,
+    /// With an engine: wall seconds spent pushing the weights to it before this step's rollouts.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub weight_sync_seconds: Option<f64>,
 }
 
 /// One held-out evaluation.

@@ -3,6 +3,7 @@
 pub mod advantage;
 pub mod bench;
 pub mod compare;
+pub mod export;
 pub mod generate;
 pub mod loss;
 pub mod score;

@@ -153,6 +153,31 @@ pub struct RolloutConfig {
     pub siri_l_min: usize,
     /// SIRI: T, the period in RL steps.
     pub siri_period: u64,
+    /// Where rollouts come from: `local` (in-process) or an HTTP engine (`sglang`, `vllm`, `openai`).
+    pub engine: crate::engine::EngineKind,
+    /// The engine's base URL (`http://host:port`), required with an HTTP engine.
+    pub engine_url: String,
+    /// The `model` field of OpenAI-style requests.
+    pub engine_model: String,
+    /// Requests in flight at once.
+    pub engine_concurrency: usize,
+    /// Timeout of one request (and of waiting for the engine to come back after a sync), seconds.
+    pub engine_timeout_s: f64,
+    /// Retries of a request that failed in transport or with HTTP 5xx.
+    pub engine_retries: usize,
+    /// Push the weights to the engine every this many optimizer steps (0 = never; the engine keeps its own).
+    pub sync_every: u64,
+    /// Directory the synced weights are written to (empty = `<run>/engine_weights`).
+    pub sync_dir: String,
+    /// Shell command that makes the engine serve the weights at `$LUSPO_WEIGHTS` (e.g. a restart); empty =
+    /// SGLang's `/update_weights_from_disk` (other engines need a command when `sync_every` > 0).
+    pub sync_command: String,
+    /// Format of the synced weights: `hf` (a safetensors directory) or `gguf` (empty = gguf for `openai`,
+    /// hf otherwise).
+    pub sync_format: String,
+    /// Truncated importance sampling: scale each sequence's advantage by min(π_trainer/π_engine, tis_cap)
+    /// over its tokens (0 = off).
+    pub tis_cap: f64,
 }
 
 impl RolloutConfig {
@@ -195,6 +220,17 @@ impl Default for RolloutConfig {
             siri_shape: SiriShape::Cosine,
             siri_l_min: 0,
             siri_period: 640,
+            engine: crate::engine::EngineKind::Local,
+            engine_url: String::new(),
+            engine_model: "luspo".into(),
+            engine_concurrency: 4,
+            engine_timeout_s: 300.0,
+            engine_retries: 2,
+            sync_every: 1,
+            sync_dir: String::new(),
+            sync_command: String::new(),
+            sync_format: String::new(),
+            tis_cap: 0.0,
         }
     }
 }
@@ -549,6 +585,7 @@ impl RunConfig {
                 self.model.device
             ));
         }
+        crate::engine::sync::validate(r)?;
         Ok(())
     }
 

@@ -23,6 +23,8 @@ pub struct Policy {
     pub m: LoadedModel,
     /// Whether prompts given as chat messages are rendered with the chat template.
     pub use_chat_template: bool,
+    /// The HTTP inference engine that generates instead of the in-process model, if any.
+    pub engine: Option<std::sync::Arc<crate::engine::Engine>>,
 }
 
 /// Parses `model.device`.
@@ -93,6 +95,7 @@ impl Policy {
         Ok(Self {
             m,
             use_chat_template: cfg.model.chat_template,
+            engine: crate::engine::Engine::from_config(&cfg.rollout)?.map(std::sync::Arc::new),
         })
     }
 
@@ -201,7 +204,8 @@ impl Policy {
         self.m.tokenizer.decode(ids, true)
     }
 
-    /// Samples one completion per prompt, `chunk` prompts per `generate` call (0 = all at once).
+    /// Samples one completion per prompt, `chunk` prompts per `generate` call (0 = all at once); with an
+    /// engine, the engine samples (from the weights last synced to it) and `model` and `chunk` are unused.
     pub fn generate(
         &self,
         model: &Transformer,
@@ -210,6 +214,9 @@ impl Policy {
         chunk: usize,
         rng: &mut ChaCha8Rng,
     ) -> Result<Vec<Completion>> {
+        if let Some(e) = &self.engine {
+            return e.complete(prompts, params, rng);
+        }
         let chunk = if chunk == 0 {
             prompts.len().max(1)
         } else {

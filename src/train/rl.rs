@@ -13,6 +13,7 @@ use super::progress::{summary_table, Mode, Progress};
 use super::sft;
 use crate::advantage;
 use crate::control::{self, Group, Response, StepInfo};
+use crate::engine::sync::WeightSync;
 use crate::metrics::{EvalRecord, RolloutRecord, StepMetrics, Summary};
 use crate::model::Transformer;
 use crate::objective::{self, ObjectiveStats, PolicyInputs, ResolvedObjective};
@@ -67,6 +68,8 @@ struct Sample {
     old_lp: Vec<f32>,
     ref_lp: Option<Vec<f32>>,
     train: bool,
+    /// The engine's log-probs of `response`, when an engine sampled it.
+    engine_lp: Option<Vec<f32>>,
 }
 
 /// Everything the loop needs, built once per process.
@@ -84,6 +87,8 @@ struct Ctx<'a> {
     opt: AdamW,
     params: SamplingParams,
     device: Device,
+    /// Weight sync to the engine, with the optimizer step last synced and the sync seconds not yet logged.
+    sync: Option<(WeightSync, u64, f64)>,
 }
 
 impl Ctx<'_> {
@@ -226,13 +231,30 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
         opt,
         params,
         device,
+        sync: None,
     };
+    if let Some(engine) = ctx.policy.engine.clone() {
+        // The engine serves whatever it was started with: push the warm-started (or resumed) weights first.
+        let mut sync = WeightSync::new(engine, &cfg.rollout, out)?;
+        let secs = sync.push(&ctx.policy.m, state.optimizer_steps)?;
+        ctx.sync = Some((sync, state.optimizer_steps, secs));
+    }
 
     let mut metrics_log =
         JsonlLog::open_truncated(&out.join("metrics.jsonl"), state.metrics_lines)?;
     let mut rollouts_log =
         JsonlLog::open_truncated(&out.join("rollouts.jsonl"), state.rollouts_lines)?;
     let mut eval_log = JsonlLog::open_truncated(&out.join("eval.jsonl"), state.eval_lines)?;
+    let mut tb = crate::tb::TbWriter::create(&out.join("tb"))?;
+    if latest.is_some() {
+        // Values, not records: a NaN metric was logged as null.
+        for (prefix, file) in [("train", "metrics.jsonl"), ("eval", "eval.jsonl")] {
+            for v in read_jsonl::<serde_json::Value>(&out.join(file))? {
+                tb.scalars(prefix, v["step"].as_u64().unwrap_or(0), &v)?;
+            }
+        }
+        tb.flush()?;
+    }
     let eval_set = EvalSet::new(cfg, ctx.task.as_ref(), &ctx.policy, cfg.task.eval_size)?;
     let wall_before = state.wall_seconds;
     let wall = |state_start: Instant| wall_before + state_start.elapsed().as_secs_f64();
@@ -240,6 +262,8 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
     if latest.is_none() {
         let e = ctx.evaluate(&eval_set, 0)?;
         eval_log.append(&e)?;
+        tb.scalars("eval", 0, &e)?;
+        tb.flush()?;
         eval_log.sync()?;
         if opts.mode != Mode::Quiet {
             eprintln!(
@@ -266,6 +290,7 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
     while state.step < cfg.train.steps {
         let m = rl_step(&mut ctx, &mut state, &mut rollouts_log)?;
         metrics_log.append(&m)?;
+        tb.scalars("train", m.step, &m)?;
         state.step = m.step;
         state.skipped_updates += m.skipped_updates;
         progress.step(&m);
@@ -273,9 +298,11 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
         if state.step == cfg.train.steps || (every > 0 && state.step % every == 0) {
             let e = ctx.evaluate(&eval_set, state.step)?;
             eval_log.append(&e)?;
+            tb.scalars("eval", e.step, &e)?;
             progress.eval(&e);
             state.eval_last = Some(e);
         }
+        tb.flush()?;
         metrics_log.sync()?;
         rollouts_log.sync()?;
         eval_log.sync()?;
@@ -342,6 +369,8 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
             let e = ctx.evaluate(&eval_set, state.step)?;
             eval_log.append(&e)?;
             eval_log.sync()?;
+            tb.scalars("eval", e.step, &e)?;
+            tb.flush()?;
             e
         }
     };
@@ -528,6 +557,14 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     let mut zero_std_groups = 0usize;
     let mut generated_tokens = 0usize;
     let mut rounds = 0;
+    let sync_every = cfg.rollout.sync_every;
+    if let Some((sync, at, pending)) = ctx.sync.as_mut() {
+        if sync_every > 0 && state.optimizer_steps >= *at + sync_every {
+            *pending += sync.push(&ctx.policy.m, state.optimizer_steps)?;
+            *at = state.optimizer_steps;
+        }
+    }
+    let has_engine = ctx.policy.engine.is_some();
     let mut params = ctx.params.clone();
     params.max_new_tokens = cfg.rollout.max_new_tokens_at(step);
     let mut step_groups: Vec<Group> = vec![];
@@ -589,6 +626,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                     old_lp: vec![],
                     ref_lp: None,
                     train: !(truncated && cfg.rollout.mask_truncated || c.ids.is_empty()),
+                    engine_lp: has_engine.then(|| c.logprobs.clone()),
                 });
             }
             round.push(Group {
@@ -714,6 +752,9 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
         }
     }
 
+    let engine_stats =
+        has_engine.then(|| engine_corrections(&mut samples, &trainable, cfg.rollout.tis_cap));
+
     // ppo_epochs over shuffled mini-batches.
     let mb = cfg.mini_batch_size().min(trainable.len()).max(1);
     let mut stats: Vec<ObjectiveStats> = vec![];
@@ -834,7 +875,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     let (len_mean, p10, p90, len_max) = lengths_stats(&mut lens);
     let correct = |s: &&Sample| s.reward.accuracy > 0.5;
     let seconds = t0.elapsed().as_secs_f64();
-    let m = StepMetrics {
+    let mut m = StepMetrics {
         step,
         reward_mean,
         reward_std,
@@ -883,7 +924,16 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
         skipped_updates: skipped,
         tokens_per_s: (generated_tokens + trained_tokens) as f64 / seconds.max(1e-9),
         step_seconds: seconds,
+        ..StepMetrics::default()
     };
+    if let Some((diff, kl, tis)) = engine_stats {
+        m.engine_logprob_diff = Some(diff);
+        m.engine_kl = Some(kl);
+        m.tis_weight_mean = tis;
+    }
+    if let Some((_, _, pending)) = ctx.sync.as_mut() {
+        m.weight_sync_seconds = Some(std::mem::take(pending));
+    }
     if cfg.train.log_rollouts {
         for s in &samples {
             rollouts.append(&RolloutRecord {
@@ -898,6 +948,37 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
         }
     }
     Ok(m)
+}
+
+/// Engine vs trainer on the trainable samples: (mean |Δ log p|, KL), and with `tis_cap` > 0 each advantage
+/// scaled by its sequence's truncated importance weight (returns their mean).
+fn engine_corrections(
+    samples: &mut [Sample],
+    trainable: &[usize],
+    tis_cap: f64,
+) -> (f64, f64, Option<f64>) {
+    let (mut eng, mut tr) = (vec![], vec![]);
+    for &i in trainable {
+        if let Some(e) = &samples[i].engine_lp {
+            eng.push(e.clone());
+            tr.push(samples[i].old_lp.clone());
+        }
+    }
+    let (diff, kl) = crate::engine::mismatch(&eng, &tr);
+    if tis_cap <= 0.0 {
+        return (diff, kl, None);
+    }
+    let mut sum = 0.0;
+    for &i in trainable {
+        let s = &mut samples[i];
+        let w = s
+            .engine_lp
+            .as_ref()
+            .map_or(1.0, |e| crate::engine::tis_weight(e, &s.old_lp, tis_cap));
+        s.advantage *= w;
+        sum += w;
+    }
+    (diff, kl, Some(sum / trainable.len().max(1) as f64))
 }
 
 /// The learning rate of the next optimizer step.
