@@ -1,6 +1,7 @@
 //! One file per subcommand: its clap arguments and a `run` that wires library calls. No logic worth testing.
 
 pub mod bench;
+pub mod bench_rl;
 pub mod compare;
 pub mod generate;
 pub mod loss;
