@@ -412,9 +412,9 @@ fn host_decode_step_matches_forward_cached() {
         let mut km = vec![0u8; b * cap];
         for (r, &n) in lens.iter().enumerate() {
             let p = model_support::ids(n, cfg.vocab_size, r as u64 + 3);
-            for j in 0..n {
+            for (j, &id) in p.iter().enumerate() {
                 let at = lmax - n + j;
-                ids[r * lmax + at] = p[j];
+                ids[r * lmax + at] = id;
                 pos[r * lmax + at] = j as u32;
                 km[r * cap + at] = 1;
             }
