@@ -217,11 +217,11 @@ fn another_task_replaces_the_task_section() {
     let path = dir.path().join("wp.toml");
     std::fs::write(&path, "[task]\nname = \"wordproblem\"\n").unwrap();
     let cfg = luspo::train::config::RunConfig::load(Some(&path), &[]).unwrap();
-    assert_eq!(cfg.task["name"].as_str(), Some("wordproblem"));
-    assert!(cfg.task.get("style_weights").is_none(), "{:?}", cfg.task);
+    assert_eq!(cfg.task.name, "wordproblem");
+    assert!(cfg.task.style_weights.is_empty(), "{:?}", cfg.task);
     // The same task keeps layering key by key.
     std::fs::write(&path, "[task]\nname = \"parity\"\nn_bits_max = 9\n").unwrap();
     let cfg = luspo::train::config::RunConfig::load(Some(&path), &[]).unwrap();
-    assert_eq!(cfg.task["n_bits_max"].as_integer(), Some(9));
-    assert_eq!(cfg.task["n_bits_min"].as_integer(), Some(4));
+    assert_eq!(cfg.task.n_bits_max, 9);
+    assert_eq!(cfg.task.n_bits_min, 4);
 }
