@@ -242,7 +242,7 @@ pub fn generate_with_stop(
         Ok(Tensor::from_vec(m, (b, len), &device)?)
     };
     let mut next_pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
-    let mut logits = model.forward_cached(
+    let logits = model.forward_cached(
         &Tensor::from_vec(ids, (b, lmax), &device)?,
         &Tensor::from_vec(pos, (b, lmax), &device)?,
         &mask_tensor(&key_mask, lmax)?,
@@ -250,22 +250,29 @@ pub fn generate_with_stop(
         true,
     )?;
     let mut sampler = Sampler::new(params);
+    // After the prefill, CPU f32 models decode on host buffers (same math, no per-op tensors).
+    let mut fast = crate::model::DecodeState::from_cache(model, &cache)?;
+    let mut host: Vec<f32> = logits
+        .squeeze(1)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
     for step in 0..params.max_new_tokens {
-        let host: Vec<Vec<f32>> = logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2()?;
         let mut feed = vec![0u32; b];
+        let filled = fast.as_ref().map_or(cache.len(), |s| s.len());
         for bi in 0..b {
             let c = &mut out[bi];
             if c.finished {
                 continue;
             }
-            let (tok, lp) = sampler.sample(&host[bi], rng);
+            let (tok, lp) = sampler.sample(&host[bi * vocab..(bi + 1) * vocab], rng);
             c.ids.push(tok);
             c.logprobs.push(lp);
             if params.eos_token_ids.contains(&tok) || stop_checker.is_some_and(|f| f(&c.ids)) {
                 c.finished = true;
             } else {
                 feed[bi] = tok;
-                key_mask[bi * capacity + cache.len()] = 1;
+                key_mask[bi * capacity + filled] = 1;
             }
         }
         if step + 1 == params.max_new_tokens || out.iter().all(|c| c.finished) {
@@ -275,14 +282,23 @@ pub fn generate_with_stop(
         for p in next_pos.iter_mut() {
             *p += 1;
         }
+        if let Some(st) = fast.as_mut() {
+            st.step(model, &feed, &pos, &key_mask, &mut host)?;
+            continue;
+        }
         let len = cache.len() + 1;
-        logits = model.forward_cached(
+        let logits = model.forward_cached(
             &Tensor::from_vec(feed, (b, 1), &device)?,
             &Tensor::from_vec(pos, (b, 1), &device)?,
             &mask_tensor(&key_mask, len)?,
             &mut cache,
             true,
         )?;
+        host = logits
+            .squeeze(1)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
     }
     Ok(out)
 }

@@ -395,3 +395,92 @@ fn sampler_top_p_large_vocab() {
         "samples spread over the nucleus"
     );
 }
+
+/// The host decoding step (`DecodeState`) gives `forward_cached`'s logits step by step, for every layout
+/// (GQA, biases, tied head), with a left-padded ragged batch and one row whose new slots are masked out.
+#[test]
+fn host_decode_step_matches_forward_cached() {
+    use luspo::model::{DecodeState, KvCache};
+    for kind in ["llama", "llama_tied", "llama_bias", "qwen2"] {
+        let cfg = tiny_config(kind);
+        let (model, _) = tiny_model(&cfg, DType::F32, 11);
+        // 10 rows: more than ops::gemv takes, so the gemm path runs (the other tests, with 4 rows, run gemv).
+        let (b, lmax, cap, steps) = (10usize, 5usize, 12usize, 6usize);
+        let lens: Vec<usize> = (0..b).map(|r| [5, 2, 4][r % 3]).collect();
+        let mut ids = vec![0u32; b * lmax];
+        let mut pos = vec![0u32; b * lmax];
+        let mut km = vec![0u8; b * cap];
+        for (r, &n) in lens.iter().enumerate() {
+            let p = model_support::ids(n, cfg.vocab_size, r as u64 + 3);
+            for (j, &id) in p.iter().enumerate() {
+                let at = lmax - n + j;
+                ids[r * lmax + at] = id;
+                pos[r * lmax + at] = j as u32;
+                km[r * cap + at] = 1;
+            }
+        }
+        let t = |v: Vec<u32>, n: usize| Tensor::from_vec(v, (b, n), &Device::Cpu).unwrap();
+        let mask = |km: &[u8], len: usize| {
+            let m: Vec<u8> = (0..b)
+                .flat_map(|r| km[r * cap..r * cap + len].to_vec())
+                .collect();
+            Tensor::from_vec(m, (b, len), &Device::Cpu).unwrap()
+        };
+        let mut c1 = KvCache::new(&model, b, cap).unwrap();
+        let mut c2 = KvCache::new(&model, b, cap).unwrap();
+        for c in [&mut c1, &mut c2] {
+            model
+                .forward_cached(
+                    &t(ids.clone(), lmax),
+                    &t(pos.clone(), lmax),
+                    &mask(&km, lmax),
+                    c,
+                    true,
+                )
+                .unwrap();
+        }
+        let mut st = DecodeState::from_cache(&model, &c2)
+            .unwrap()
+            .expect("CPU f32 applies");
+        let mut host = vec![];
+        let mut next_pos: Vec<u32> = lens.iter().map(|&n| n as u32).collect();
+        for s in 0..steps {
+            let feed = model_support::ids(b, cfg.vocab_size, 100 + s as u64);
+            let slot = lmax + s;
+            for r in 0..b {
+                // Row 1 stops after two steps: its later slots stay masked out, as for a finished row.
+                km[r * cap + slot] = u8::from(r != 1 || s < 2);
+            }
+            let want: Vec<f32> = model
+                .forward_cached(
+                    &t(feed.clone(), 1),
+                    &t(next_pos.clone(), 1),
+                    &mask(&km, slot + 1),
+                    &mut c1,
+                    true,
+                )
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            st.step(&model, &feed, &next_pos, &km, &mut host).unwrap();
+            let scale = want.iter().fold(1f32, |m, x| m.max(x.abs()));
+            let err = want
+                .iter()
+                .zip(&host)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert_eq!(host.len(), want.len());
+            assert!(
+                err <= 2e-5 * scale,
+                "{kind} step {s}: max |diff| {err} (scale {scale})"
+            );
+            next_pos.iter_mut().for_each(|p| *p += 1);
+        }
+        assert_eq!(st.len(), lmax + steps);
+        // Outside its domain the kernel declines.
+        let (m64, _) = tiny_model(&cfg, DType::F64, 11);
+        let c64 = KvCache::new(&m64, b, cap).unwrap();
+        assert!(DecodeState::from_cache(&m64, &c64).unwrap().is_none());
+    }
+}

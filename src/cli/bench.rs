@@ -49,6 +49,30 @@ pub struct BenchArgs {
     /// Skip training.
     #[arg(long)]
     pub no_train: bool,
+    /// Run the RL-step benchmark instead (`bench_rl`): `--prompts` × `--group` responses of `--rl-new-tokens`.
+    #[arg(long)]
+    pub rl: bool,
+    /// RL bench: prompts per step (random ones of `--prompt-len` tokens unless `--prompts-file`).
+    #[arg(long, default_value_t = 8)]
+    pub prompts: usize,
+    /// RL bench: a JSON list of token-id lists to use as the prompts.
+    #[arg(long)]
+    pub prompts_file: Option<std::path::PathBuf>,
+    /// RL bench: responses per prompt.
+    #[arg(long, default_value_t = 8)]
+    pub group: usize,
+    /// RL bench: new tokens per response.
+    #[arg(long, default_value_t = 64)]
+    pub rl_new_tokens: usize,
+    /// RL bench: sequences per forward/backward (one optimizer step covers all responses).
+    #[arg(long, default_value_t = 32)]
+    pub micro_batch: usize,
+    /// RL bench: token ids that end a response.
+    #[arg(long, value_delimiter = ',')]
+    pub eos: Vec<u32>,
+    /// RL bench: the objective preset.
+    #[arg(long, default_value = "luspo")]
+    pub objective: String,
 }
 
 /// The tiny benchmark config of issue 3.
@@ -116,6 +140,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .wrapping_add(1442695040888963407);
         ((x >> 33) % v as u64) as u32
     };
+    if args.rl {
+        let prompts = match &args.prompts_file {
+            Some(p) => super::bench_rl::read_prompts(p)?,
+            None => (0..args.prompts)
+                .map(|_| (0..args.prompt_len.max(1)).map(|_| tok()).collect())
+                .collect(),
+        };
+        let w = super::bench_rl::RlWorkload {
+            prompts,
+            group: args.group,
+            new_tokens: args.rl_new_tokens,
+            micro_batch: args.micro_batch,
+            eos: args.eos.clone(),
+            objective: args.objective.clone(),
+            steps: args.steps,
+        };
+        return super::bench_rl::run(&model, &varmap, &w);
+    }
     if !args.no_gen {
         for &b in &args.gen_batch {
             let prompts: Vec<Vec<u32>> = (0..b)

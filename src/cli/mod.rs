@@ -2,6 +2,7 @@
 
 pub mod advantage;
 pub mod bench;
+pub mod bench_rl;
 pub mod compare;
 pub mod export;
 pub mod generate;

@@ -269,6 +269,16 @@ impl KvCache {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+
+    /// Number of rows.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// The per-layer key and value buffers.
+    pub(super) fn tensors(&self) -> (&[Tensor], &[Tensor]) {
+        (&self.k, &self.v)
+    }
 }
 
 /// Per-row positions from a `(B,T)` host mask: running count of real tokens minus one, clamped at 0.
@@ -764,6 +774,33 @@ impl Transformer {
             b: None,
         }
         .forward_gen(&x)?)
+    }
+
+    /// Every tensor the host decoding step reads, in its order: embedding, final norm, LM head, then per layer
+    /// input norm, q, k, v, o (each weight then its bias, `None` when absent), post-attention norm, gate, up, down.
+    pub(super) fn weights_for_decode(&self) -> Vec<Option<Tensor>> {
+        let w = &self.w;
+        let mut out = vec![
+            Some(w.embed.clone()),
+            Some(w.norm.clone()),
+            Some(w.lm_head.clone()),
+        ];
+        for l in &w.layers {
+            out.push(Some(l.input_layernorm.clone()));
+            for lin in [&l.q, &l.k, &l.v, &l.o] {
+                out.extend([Some(lin.w.clone()), lin.b.clone()]);
+            }
+            out.push(Some(l.post_attention_layernorm.clone()));
+            for lin in [&l.gate, &l.up, &l.down] {
+                out.extend([Some(lin.w.clone()), lin.b.clone()]);
+            }
+        }
+        out
+    }
+
+    /// RoPE inverse frequencies and the cos/sin multiplier.
+    pub(super) fn rope_freqs(&self) -> (&[f64], f64) {
+        (&self.rope.inv_freq, self.rope.attention_factor)
     }
 
     /// Re-initialises every parameter in `varmap` deterministically from `seed`, as HF does: normal(0,

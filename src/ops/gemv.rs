@@ -39,15 +39,8 @@ pub(crate) fn small_rows_xwt(x: &Tensor, w: &Tensor) -> candle_core::Result<Opti
         else {
             return Ok(None);
         };
-        let (xv, wv) = (&xd[xa..xb], &wd[wa..wb]);
         let mut y = vec![0f32; n * o];
-        let yp = SendPtr(y.as_mut_ptr());
-        (0..o.div_ceil(BLOCK)).into_par_iter().for_each(|blk| {
-            let (o0, o1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(o));
-            // SAFETY: AVX-512F was detected above; slices hold n·k and o·k values; this task writes only columns
-            // o0..o1 of y.
-            unsafe { avx512::rows(xv, n, k, wv, o0, o1, yp.get(), o) };
-        });
+        small_rows_into(&xd[xa..xb], n, k, &wd[wa..wb], o, &mut y);
         drop((xs, ws));
         return Ok(Some(Tensor::from_vec(y, (n, o), &Device::Cpu)?));
     }
@@ -55,6 +48,38 @@ pub(crate) fn small_rows_xwt(x: &Tensor, w: &Tensor) -> candle_core::Result<Opti
     {
         let _ = (x, w);
         Ok(None)
+    }
+}
+
+/// `y (n, o) = x (n, k) · Wᵀ` on host slices when the kernel applies (`n ≤ MAX_ROWS`, AVX-512); returns whether it
+/// ran (`false`: nothing written, use gemm).
+pub(crate) fn small_rows_into(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    w: &[f32],
+    o: usize,
+    y: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if n == 0 || n > MAX_ROWS || !std::arch::is_x86_feature_detected!("avx512f") {
+            return false;
+        }
+        assert!(x.len() >= n * k && w.len() >= o * k && y.len() >= n * o);
+        let yp = SendPtr(y.as_mut_ptr());
+        (0..o.div_ceil(BLOCK)).into_par_iter().for_each(|blk| {
+            let (o0, o1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(o));
+            // SAFETY: AVX-512F was detected above; the slices hold n·k, o·k and n·o values (asserted); this task
+            // writes only columns o0..o1 of y.
+            unsafe { avx512::rows(x, n, k, w, o0, o1, yp.get(), o) };
+        });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, n, k, w, o, y);
+        false
     }
 }
 
