@@ -216,6 +216,8 @@ fn step_once(
             advantages: &adv_t,
             ref_logp: None,
             entropy: None,
+            groups: None,
+            token_weights: None,
             global_counts: split.then_some((rows.len() as f64, n_tok as f64)),
         };
         let o = policy_loss_resolved(obj, &inputs)?;
