@@ -13,6 +13,7 @@
 //!   and `direct`; the answer is an expression checked by [`crate::reward::Verifier::Countdown`].
 //! - `wordproblem`: English one/two-step arithmetic word problems as chat messages (for real tokenizers),
 //!   answers `#### N` or `\boxed{N}`, checked by the math verifier.
+//! - `arith`: `What is 23 + 48?` as a chat message (real instruct models, free-text answers, no demos).
 //! - `jsonl` / `parquet`: files (see [`files`]); the math verifier.
 //!
 //! Train/eval disjointness for procedural families: a problem belongs to the eval split iff a fixed 64-bit hash
@@ -20,6 +21,7 @@
 //! so the same problem never appears in both splits, whatever the seeds.
 
 mod addition;
+mod arith;
 mod countdown;
 pub mod files;
 mod parity;
@@ -94,7 +96,7 @@ pub enum Split {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskConfig {
-    /// Family or reader: `parity`, `addition`, `countdown`, `wordproblem`, `jsonl`, `parquet`. Default `parity`.
+    /// Family or reader: `parity`, `addition`, `countdown`, `wordproblem`, `arith`, `jsonl`, `parquet`. Default `parity`.
     pub name: String,
     /// Share of the procedural problem space held out for evaluation (by hash of the problem id), or of a file's rows
     /// when no `eval_path` is given. Default 0.1.
@@ -133,6 +135,10 @@ pub struct TaskConfig {
     pub wp_max_value: u32,
     /// Word problems: how the answer must be given, `hash` (`#### N`) or `boxed` (`\boxed{N}`). Default `hash`.
     pub wp_answer_format: String,
+    /// Arith: smallest operand. Default 10.
+    pub arith_min: u64,
+    /// Arith: largest operand. Default 99.
+    pub arith_max: u64,
     /// Files: the train file (format from `name`: `jsonl` or `parquet`). Default empty.
     pub path: String,
     /// Files: a separate eval file; when set, all of `path` is train and all of `eval_path` is eval. Default empty.
@@ -176,6 +182,8 @@ impl Default for TaskConfig {
             cd_exactly_once: true,
             wp_max_value: 50,
             wp_answer_format: "hash".into(),
+            arith_min: 10,
+            arith_max: 99,
             path: String::new(),
             eval_path: String::new(),
             prompt_key: String::new(),
@@ -270,9 +278,10 @@ pub fn build(cfg: &TaskConfig) -> Result<Box<dyn Task>> {
         "addition" => Ok(Box::new(addition::Addition::new(cfg)?)),
         "countdown" => Ok(Box::new(countdown::Countdown::new(cfg)?)),
         "wordproblem" => Ok(Box::new(wordproblem::WordProblem::new(cfg)?)),
+        "arith" => Ok(Box::new(arith::Arith::new(cfg)?)),
         "jsonl" | "parquet" => Ok(Box::new(files::FileTask::load(cfg)?)),
         other => Err(input_err!(
-            "task.name = `{other}` is unknown (expected parity, addition, countdown, wordproblem, jsonl, parquet)"
+            "task.name = `{other}` is unknown (expected parity, addition, countdown, wordproblem, arith, jsonl, parquet)"
         )),
     }
 }

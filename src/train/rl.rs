@@ -478,6 +478,8 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     let mut zero_std_groups = 0usize;
     let mut generated_tokens = 0usize;
     let mut rounds = 0;
+    // Coin rewards and label noise: a stream per step, so a resumed run draws the same rewards.
+    let mut rng_reward = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, &format!("reward-{step}")));
     while kept_groups.len() < p_count {
         let need = p_count - kept_groups.len();
         let mut problems = Vec::with_capacity(need);
@@ -509,13 +511,14 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                 generated_tokens += c.ids.len();
                 let text = ctx.policy.decode(&c.ids)?;
                 let truncated = !c.finished;
-                let r = reward::score(
+                let r = reward::score_noisy(
                     &ctx.reward,
                     &verifier,
                     &text,
                     &problem.answer,
                     c.ids.len(),
                     truncated,
+                    &mut rng_reward,
                 );
                 rewards.push(r.total);
                 samples.push(Sample {
