@@ -36,7 +36,9 @@ fn coin_is_seeded_and_ignores_the_text() {
 fn coin_rate_within_a_binomial_bound() {
     for p in [0.1, 0.5, 0.8] {
         let n = 20_000;
-        let k: f64 = draws(&cfg(RewardMode::Coin, p, 0.0), 11, n, "x").iter().sum();
+        let k: f64 = draws(&cfg(RewardMode::Coin, p, 0.0), 11, n, "x")
+            .iter()
+            .sum();
         let sd = (n as f64 * p * (1.0 - p)).sqrt();
         assert!((k - n as f64 * p).abs() < 5.0 * sd, "p {p}: {k} of {n}");
     }
@@ -82,14 +84,20 @@ fn flip_is_applied_exactly() {
 #[test]
 fn bad_probabilities_are_rejected() {
     for (p, f) in [(1.5, 0.0), (0.5, -0.1), (f64::NAN, 0.0)] {
-        let e = cfg(RewardMode::Coin, p, f).validate().unwrap_err().to_string();
+        let e = cfg(RewardMode::Coin, p, f)
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("reward."), "{e}");
     }
 }
 
 #[test]
 fn last_number_on_real_smollm2_answers() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2_arith_outputs.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/smollm2_arith_outputs.jsonl"
+    );
     let v = Verifier::Math {
         extractors: vec![Extractor::LastNumber],
         percent_lenient: false,
@@ -114,7 +122,10 @@ fn last_number_on_real_smollm2_answers() {
         assert_eq!(got.correct, ok, "{resp}");
     }
     // The same verifier accepts a correct free-text answer.
-    assert!(v.check("To find 23 + 48, add them: 23 + 48 = 71.", "71").correct);
+    assert!(
+        v.check("To find 23 + 48, add them: 23 + 48 = 71.", "71")
+            .correct
+    );
 }
 
 #[test]

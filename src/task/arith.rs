@@ -5,7 +5,10 @@
 
 use rand::Rng;
 
-use super::{draw_in_split, draw_many, stable_hash, Message, Problem, Prompt, Split, Task, TaskConfig, TaskRng};
+use super::{
+    draw_in_split, draw_many, stable_hash, Message, Problem, Prompt, Split, Task, TaskConfig,
+    TaskRng,
+};
 use crate::reward::{Extractor, Verifier};
 use crate::{input_err, Result};
 
@@ -107,7 +110,11 @@ mod tests {
         for _ in 0..200 {
             let p = t.sample_train(&mut rng).unwrap();
             let q = p.prompt.flat();
-            let body = q.strip_prefix("What is ").unwrap().strip_suffix('?').unwrap();
+            let body = q
+                .strip_prefix("What is ")
+                .unwrap()
+                .strip_suffix('?')
+                .unwrap();
             let parts: Vec<&str> = body.split(' ').collect();
             let (a, b): (i64, i64) = (parts[0].parse().unwrap(), parts[2].parse().unwrap());
             assert!((10..=99).contains(&a) && (10..=99).contains(&b), "{q}");

@@ -5,6 +5,7 @@
 //! - `rl`: the RL loop and the run directory it writes (format: `crate::metrics`).
 //! - `sft`: the supervised warm start and its cache.
 //! - `eval`: held-out evaluation.
+//! - `mechanism`: per-step gradient mass, clipped lengths and length push (the length-bias mechanism).
 //! - `policy`: the trained model (tiny built-in or loaded), prompt encoding, sampling.
 //! - `optim`: AdamW with saveable moments, gradient-norm clipping, warm-up schedule.
 //! - `checkpoint`: atomic checkpoints and resume state.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod eval;
 pub mod files;
 pub(crate) mod glue;
+pub mod mechanism;
 pub mod optim;
 pub mod policy;
 pub mod progress;

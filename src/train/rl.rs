@@ -7,6 +7,7 @@ use super::checkpoint::{self, TrainState};
 use super::config::{RunConfig, WarmupUnit};
 use super::eval::{evaluate, EvalSet};
 use super::files::{derive_seed, io_err, read_jsonl, write_json, JsonlLog};
+use super::mechanism::{self, Mechanism};
 use super::optim::{lr_at, AdamW, AdamWParams, Grads};
 use super::policy::Policy;
 use super::progress::{summary_table, Mode, Progress};
@@ -479,7 +480,8 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     let mut generated_tokens = 0usize;
     let mut rounds = 0;
     // Coin rewards and label noise: a stream per step, so a resumed run draws the same rewards.
-    let mut rng_reward = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, &format!("reward-{step}")));
+    let mut rng_reward =
+        ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, &format!("reward-{step}")));
     while kept_groups.len() < p_count {
         let need = p_count - kept_groups.len();
         let mut problems = Vec::with_capacity(need);
@@ -601,6 +603,20 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     let mut norms = vec![];
     let mut skipped = 0u64;
     let mut lr_used = current_lr(cfg, state);
+    let train_len = |s: &Sample| {
+        if s.train {
+            s.response.len() as f64
+        } else {
+            0.0
+        }
+    };
+    let mut mech = Mechanism::new(
+        &trainable
+            .iter()
+            .map(|&i| train_len(&samples[i]))
+            .filter(|&l| l > 0.0)
+            .collect::<Vec<_>>(),
+    );
     for _epoch in 0..cfg.train.ppo_epochs {
         let mut order = trainable.clone();
         if cfg.train.shuffle {
@@ -621,6 +637,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
             let mut finite = true;
             let mut loss_sum = 0f64;
             let mut mstats: Vec<(ObjectiveStats, f64)> = vec![];
+            let mut mparts = vec![];
             for part in mbatch.chunks(micro.max(1)) {
                 let refs: Vec<&Sample> = part.iter().map(|&i| &samples[i]).collect();
                 let part_seqs = refs.iter().filter(|s| s.train).count();
@@ -651,6 +668,16 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                     },
                 };
                 let o = objective::policy_loss_resolved(&ctx.obj, &inputs)?;
+                let weights = |unclipped| {
+                    let gc = inputs.global_counts;
+                    mechanism::seq_weights(&ctx.obj, &logp, &old, &mask, &adv, gc, unclipped)
+                };
+                mparts.push((
+                    refs.iter().map(|s| train_len(s)).collect::<Vec<_>>(),
+                    refs.iter().map(|s| s.advantage).collect::<Vec<_>>(),
+                    weights(false)?,
+                    weights(true)?,
+                ));
                 let l = o.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 if !l.is_finite() {
                     finite = false;
@@ -677,6 +704,10 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
             }
             norms.push(outcome.grad_norm);
             losses.push(loss_sum);
+            for (l, a, w, wu) in &mparts {
+                mech.add(l, a, w, wu);
+            }
+            mech.end_optimizer_step();
             let w: f64 = mstats.iter().map(|(_, w)| w).sum();
             let mut s = ObjectiveStats::default();
             let mut kl = 0.0;
@@ -712,6 +743,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     let (len_mean, p10, p90, len_max) = lengths_stats(&mut lens);
     let correct = |s: &&Sample| s.reward.accuracy > 0.5;
     let seconds = t0.elapsed().as_secs_f64();
+    let ms = mech.finish();
     let m = StepMetrics {
         step,
         reward_mean,
@@ -757,6 +789,21 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
         skipped_updates: skipped,
         tokens_per_s: (generated_tokens + trained_tokens) as f64 / seconds.max(1e-9),
         step_seconds: seconds,
+        grad_mass_pos: ms.grad_mass_pos,
+        grad_mass_neg: ms.grad_mass_neg,
+        grad_share_len_q1: ms.grad_share_len_q[0],
+        grad_share_len_q2: ms.grad_share_len_q[1],
+        grad_share_len_q3: ms.grad_share_len_q[2],
+        grad_share_len_q4: ms.grad_share_len_q[3],
+        clip_len_low_clipped: ms.clip_len_low[0],
+        clip_len_low_kept: ms.clip_len_low[1],
+        clip_len_high_clipped: ms.clip_len_high[0],
+        clip_len_high_kept: ms.clip_len_high[1],
+        len_adv_cov: ms.len_adv_cov,
+        len_push: ms.len_push[0],
+        len_push_reward: ms.len_push[1],
+        len_push_weighting: ms.len_push[2],
+        len_push_clip: ms.len_push[3],
     };
     if cfg.train.log_rollouts {
         for s in &samples {
