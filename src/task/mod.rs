@@ -109,6 +109,11 @@ pub struct TaskConfig {
     /// Probability of inserting a `.` filler token after each character of a demo's work (not of its answer).
     /// Default 0.0.
     pub filler_prob: f64,
+    /// PAR: fewest `.` pad characters before a demo's work (a correctness-irrelevant scratchpad). Default 0.
+    pub pad_min: usize,
+    /// PAR: most `.` pad characters; each demo draws its count uniformly in `pad_min..=pad_max`, so the warm
+    /// start's responses spread in length while correctness does not depend on it. Default 0.
+    pub pad_max: usize,
     /// PAR: fewest bits. Default 8.
     pub n_bits_min: usize,
     /// PAR: most bits. Default 16.
@@ -169,6 +174,8 @@ impl Default for TaskConfig {
             eval_size: 200,
             style_weights: BTreeMap::new(),
             filler_prob: 0.0,
+            pad_min: 0,
+            pad_max: 0,
             n_bits_min: 8,
             n_bits_max: 16,
             modulus: 2,
@@ -265,6 +272,13 @@ pub fn build(cfg: &TaskConfig) -> Result<Box<dyn Task>> {
         return Err(input_err!(
             "task.eval_fraction = {} must be in [0, 1)",
             cfg.eval_fraction
+        ));
+    }
+    if cfg.pad_min > cfg.pad_max || cfg.pad_max > 4096 {
+        return Err(input_err!(
+            "task.pad_min/max = {}/{} must satisfy 0 <= min <= max <= 4096",
+            cfg.pad_min,
+            cfg.pad_max
         ));
     }
     if !(0.0..1.0).contains(&cfg.filler_prob) {
@@ -412,6 +426,15 @@ pub(crate) fn with_filler(work: &str, answer: &str, p: f64, rng: &mut TaskRng) -
     out.push_str("####");
     out.push_str(answer);
     out
+}
+
+/// `text` after `k` `.` characters, `k` uniform in `lo..=hi` (no draw when `hi` is 0).
+pub(crate) fn with_pad(text: String, lo: usize, hi: usize, rng: &mut TaskRng) -> String {
+    if hi == 0 {
+        return text;
+    }
+    let k = rng.random_range(lo..=hi);
+    ".".repeat(k) + &text
 }
 
 /// Length bound of `work` characters after filler insertion with probability `p` (mean + 4 sd, at most 2×).
