@@ -8,8 +8,7 @@ use rand::Rng;
 
 use super::{
     draw_in_split, draw_many, filler_bound, parse_g, style_mix_from, text_prompt, with_filler,
-    with_pad,
-    Problem, Prompt, Split, Task, TaskConfig, TaskRng,
+    with_pad, Problem, Prompt, Split, Task, TaskConfig, TaskRng,
 };
 use crate::reward::Verifier;
 use crate::{input_err, Result};
