@@ -100,7 +100,7 @@ pub struct StepMetrics {
     /// Covariance of length and advantage over the responses that carry gradient.
     #[serde(default)]
     pub len_adv_cov: f64,
-    /// Length push (tokens, first order): Σ g_i (L_i − L̄) / Σ |g_i| without clip; > 0 favours longer responses.
+    /// Length push (tokens, first order): Σ c_i (L_i − L̄) / Σ |c_i| without clip, c_i = mean token weight; > 0 favours longer responses.
     #[serde(default)]
     pub len_push: f64,
     /// The part of `len_push` from the advantage's covariance with length (the reward).

@@ -121,10 +121,11 @@ fn accumulator_on_a_hand_batch() {
     // Carrying gradient: (2,+1), (4,−1), (6,+1): mean L 4, mean A 1/3; cov = Σ(L−4)(A−1/3)/3.
     let cov = ((-2.0) * (2.0 / 3.0) + 0.0 + 2.0 * (2.0 / 3.0)) / 3.0;
     assert!(close(s.len_adv_cov, cov), "{s:?}");
-    // Push parts over Σ|g^u| = 5: m̄ = 5/4; reward Σ m̄·A·(L−5) = 1.25·(−3+1+1−3) = −5;
-    // weighting Σ (g^u − m̄A)(L−5) = (−0.75)(−3) + (0.25)(−1) + (0.25)(1) + (−0.75)(3) = 0;
-    // clip Σ (g − g^u)(L−5) = 0 + 0.5·(−1) + 0 + 2·3 = 5.5.
-    let want = [0.5 / 5.0, -1.0, 0.0, 5.5 / 5.0];
+    // Coefficients c = net/L: [0.25, −0.125, 0.25, 0]; unclipped c^u = A/4. Over Σ|c^u| = 1: m̄ = 1/4;
+    // reward Σ m̄·A·(L−5) = 0.25·(−3+1+1−3) = −1;
+    // weighting Σ (c^u − m̄A)(L−5) = 0; clip Σ (c − c^u)(L−5) = 0.125·(−1) + 0.25·3 = 0.625.
+    // Total = Σ c·(L−5) = −0.75 + 0.125 + 0.25 = −0.375.
+    let want = [-0.375, -1.0, 0.0, 0.625];
     for (g, w) in s.len_push.iter().zip(want) {
         assert!(close(*g, w), "{:?} vs {want:?}", s.len_push);
     }

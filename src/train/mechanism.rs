@@ -4,15 +4,16 @@
 //! A response token's weight is w_t = −∂loss/∂logp_t of the policy-gradient term (KL and entropy off), taken by
 //! autograd on the objective itself, so it includes the importance ratio, the clip and the aggregation:
 //! GRPO A·r_t/(B·|y|), GSPO s·A/(B·|y|), LUSPO s·A/B, DAPO A·r_t/ΣL, Dr.GRPO A·r_t/(B·H), CISPO
-//! clip(r_t)·A/ΣL. A response's net weight is g_i = Σ_t w_it (its log-probability is pushed up when g_i > 0).
+//! clip(r_t)·A/ΣL. A response's coefficient c_i = mean_t w_it is the weight its score ∇log π(y_i) gets.
 //!
-//! Length push: to first order, a gradient step on Σ_i g_i·log π(y_i) moves the mean length by a multiple of
-//! Σ_i g_i·(L_i − L̄). `len_push` is that sum over Σ_i |g_i^u| (tokens), where g^u are the weights with the
-//! clip switched off (eps_low = 1, eps_high = ∞), and it splits exactly into three parts:
-//! - reward: m̄·Σ A_i (L_i − L̄), m̄ = Σ|g^u| / Σ|A| (longer responses have higher or lower advantage);
-//! - weighting: Σ (g_i^u − m̄·A_i)(L_i − L̄) (the objective's per-response scale, e.g. LUSPO's ×|y|, depends on
-//!   length; zero mean when A is independent of L);
-//! - clip: Σ (g_i − g_i^u)(L_i − L̄) (what the clip removes, e.g. more A<0 responses of one length).
+//! Length push: to first order, a gradient step on Σ_i c_i·log π(y_i) moves the mean length by a multiple of
+//! Σ_i c_i·(L_i − L̄) (score function). `len_push` is that sum over Σ_i |c_i^u| (tokens), where c^u are the
+//! coefficients with the clip switched off (eps_low = 1, eps_high = ∞), and it splits exactly into three parts:
+//! - reward: m̄·Σ A_i (L_i − L̄), m̄ = Σ|c^u| / Σ|A| (longer responses have higher or lower advantage);
+//! - weighting: Σ (c_i^u − m̄·A_i)(L_i − L̄) (the objective's per-response scale depends on length, e.g. GSPO's
+//!   1/|y|; zero mean when A is independent of L and the advantages of a batch sum to zero);
+//! - clip: Σ (c_i − c_i^u)(L_i − L̄) (what the clip removes, e.g. more A<0 responses than A>0 ones, which
+//!   leaves a positive mean coefficient that 1/|y| turns into a push towards short responses).
 
 use crate::objective::{self, PolicyInputs, ResolvedObjective};
 use crate::Result;
@@ -166,7 +167,7 @@ impl Mechanism {
                 continue;
             }
             abs_a += a.abs();
-            abs_gu += u.net.abs();
+            abs_gu += u.net.abs() / l;
             if a != 0.0 {
                 let side = usize::from(a > 0.0);
                 self.mass[side] += x.mass;
@@ -183,10 +184,14 @@ impl Mechanism {
         }
         let m_bar = if abs_a > 0.0 { abs_gu / abs_a } else { 0.0 };
         for ((&l, &a), (x, u)) in lens.iter().zip(advs).zip(w.iter().zip(wu)) {
+            if l == 0.0 {
+                continue;
+            }
             let d = l - self.mean_len;
+            let (c, cu) = (x.net / l, u.net / l);
             self.push[0] += m_bar * a * d;
-            self.push[1] += (u.net - m_bar * a) * d;
-            self.push[2] += (x.net - u.net) * d;
+            self.push[1] += (cu - m_bar * a) * d;
+            self.push[2] += (c - cu) * d;
         }
         self.push_norm += abs_gu;
     }
