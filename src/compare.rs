@@ -62,7 +62,7 @@ pub struct Plan {
 }
 
 fn parse(text: &str, origin: &str) -> Result<toml::Table> {
-    text.parse::<toml::Table>().map_err(|e| {
+    let mut t = text.parse::<toml::Table>().map_err(|e| {
         let msg = e.to_string();
         let first = msg
             .lines()
@@ -70,7 +70,37 @@ fn parse(text: &str, origin: &str) -> Result<toml::Table> {
             .collect::<Vec<_>>()
             .join(" ");
         input_err!("{origin}: {}", first.replace("TOML parse error ", ""))
-    })
+    })?;
+    canonical_overrides(&mut t, origin)?;
+    Ok(t)
+}
+
+/// Renames the `[compare.overrides.<name>]` tables of one layer to their preset's canonical name, so that
+/// `[compare.overrides.GSPO]` layers over (and applies like) the embedded `[compare.overrides.gspo]`.
+fn canonical_overrides(layer: &mut toml::Table, origin: &str) -> Result<()> {
+    let Some(toml::Value::Table(ov)) = layer
+        .get_mut("compare")
+        .and_then(|c| c.as_table_mut())
+        .and_then(|c| c.get_mut("overrides"))
+    else {
+        return Ok(());
+    };
+    let mut out = toml::Table::new();
+    for (k, v) in std::mem::take(ov) {
+        let Some(p) = Preset::from_name(&k) else {
+            return Err(input_err!(
+                "{origin}: [compare.overrides.{k}]: unknown objective `{k}`"
+            ));
+        };
+        if out.insert(p.name().to_string(), v).is_some() {
+            return Err(input_err!(
+                "{origin}: [compare.overrides.{k}]: objective `{}` has two override tables",
+                p.name()
+            ));
+        }
+    }
+    *ov = out;
+    Ok(())
 }
 
 /// Parses `grpo,gspo,luspo` into checked preset names (exactly one line of error for an unknown or repeated one).
@@ -131,13 +161,6 @@ pub fn plan(
         }
         None => parse_objectives(&section.objectives)?,
     };
-    for k in section.overrides.keys() {
-        if Preset::from_name(k).is_none() {
-            return Err(input_err!(
-                "[compare.overrides.{k}]: unknown objective `{k}`"
-            ));
-        }
-    }
     let n_seeds = seeds.or(section.seeds).unwrap_or(1);
     if n_seeds == 0 {
         return Err(input_err!("--seeds: must be ≥ 1"));
@@ -152,7 +175,9 @@ pub fn plan(
     for &seed in &seed_list {
         for obj in &objectives {
             let mut t = table.clone();
-            if let Some(o) = section.overrides.get(obj) {
+            // Override tables are keyed by canonical preset name (see `canonical_overrides`).
+            let preset = Preset::from_name(obj).map(|p| p.name());
+            if let Some(o) = preset.and_then(|p| section.overrides.get(p)) {
                 merge(&mut t, o.clone());
             }
             let mut all_sets = sets.to_vec();
@@ -361,7 +386,7 @@ pub fn run(plan: &Plan, opts: &CompareOptions) -> Result<CompareOutcome> {
             ));
         }
         let p = cfg_dir.join(format!("{}.toml", r.name));
-        crate::train::files::atomic_write(&p, r.config.to_toml()?.as_bytes())?;
+        crate::atomic::write(&p, r.config.to_toml()?.as_bytes())?;
         cfg_paths.insert(r.name.clone(), p);
     }
 
@@ -500,9 +525,9 @@ pub fn warm_start_only(config: &Path) -> Result<()> {
             config.display()
         ));
     }
-    let task = crate::task::build(&crate::train::rl::task_config(&cfg)?)?;
-    let init = crate::train::files::derive_seed(cfg.seed, "init");
-    let mut policy = crate::train::policy::Policy::build(&cfg, task.as_ref(), init)?;
+    let crate::train::bootstrap::Bootstrap {
+        task, mut policy, ..
+    } = crate::train::bootstrap::Bootstrap::new(&cfg)?;
     let rep = crate::train::sft::warm_start(
         &mut policy,
         task.as_ref(),

@@ -4,8 +4,10 @@
 //! Module map and conventions: see the README and `DESIGN.md` in the shared folder.
 
 pub mod advantage;
+pub mod atomic;
 pub mod cli;
 pub mod compare;
+pub mod control;
 pub mod error;
 pub mod metrics;
 pub mod model;

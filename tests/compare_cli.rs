@@ -223,3 +223,35 @@ fn bad_arguments_exit_2_with_one_line() {
         "nothing is written before the arguments are checked"
     );
 }
+
+/// `[compare.overrides.GSPO]` (any spelling `Preset::from_name` accepts) is applied to the `gspo` runs.
+#[test]
+fn override_keys_are_matched_by_preset_not_spelling() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[compare.overrides.GSPO]\nobjective.eps_high = 0.77\n",
+    )
+    .unwrap();
+    let objs = ["grpo,gspo".to_string()];
+    let p = plan(Some(&path), &[], Some(&objs), Some(1)).unwrap();
+    for r in &p.runs {
+        let o = r.config.objective.resolved().unwrap();
+        if r.objective == "gspo" {
+            assert_eq!(o.eps_high, 0.77, "{}", r.name);
+        } else {
+            assert_ne!(o.eps_high, 0.77, "{}", r.name);
+        }
+    }
+    // Two tables for one preset is an error naming the table.
+    std::fs::write(
+        &path,
+        "[compare.overrides.GSPO]\nseed = 1\n[compare.overrides.gspo]\nseed = 2\n",
+    )
+    .unwrap();
+    let e = plan(Some(&path), &[], Some(&objs), Some(1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("compare.overrides"), "{e}");
+}

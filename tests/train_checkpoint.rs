@@ -36,6 +36,7 @@ fn state(step: u64) -> TrainState {
         prompts_drawn: 16 * step,
         metrics_lines: step,
         rollouts_lines: 64 * step,
+        history: Default::default(),
         eval_lines: 1,
         eval_before: None,
         eval_last: None,

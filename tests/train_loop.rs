@@ -262,27 +262,131 @@ fn mini_batches_kl_and_dynamic_sampling() {
                 "train.steps=2",
                 "rollout.dynamic_sampling=true",
                 "rollout.max_sampling_rounds=3",
+                // Pairs: about half the groups have equal rewards, so groups are dropped and refilled.
+                "rollout.group_size=2",
             ],
         ),
         &opts(&b, false),
     )
     .unwrap();
     let rs = rollouts(&b);
+    let ms = untimed(&b);
+    let mut saw_refill = false;
     for step in 1..=2u64 {
         let recs: Vec<&RolloutRecord> = rs.iter().filter(|r| r.step == step).collect();
         assert!(
-            recs.len().is_multiple_of(4) && recs.len() >= 8 && recs.len() <= 24,
+            recs.len().is_multiple_of(2) && recs.len() >= 4 && recs.len() <= 12,
             "{}",
             recs.len()
         );
-        // Every group that was kept has non-zero advantages somewhere; dropped ones have all-equal rewards.
-        for g in recs.chunks(4) {
-            let equal = g.iter().all(|r| r.reward == g[0].reward);
-            if equal {
-                assert!(g.iter().all(|r| r.advantage == 0.0));
+        // Groups with unequal rewards are the kept ones: each has a non-zero advantage. Groups with equal rewards
+        // are dropped (advantage exactly 0). P = 2 groups are kept unless the 3 rounds ran out.
+        let groups: Vec<&[&RolloutRecord]> = recs.chunks(2).collect();
+        let mut kept = 0;
+        let mut equal_groups = 0;
+        for g in &groups {
+            assert!(g.iter().all(|r| r.prompt_id == g[0].prompt_id));
+            if g.iter().all(|r| r.reward == g[0].reward) {
+                equal_groups += 1;
+                assert!(g.iter().all(|r| r.advantage == 0.0), "{g:?}");
+            } else {
+                kept += 1;
+                assert!(g.iter().any(|r| r.advantage != 0.0), "{g:?}");
+                let sum: f64 = g.iter().map(|r| r.advantage).sum();
+                assert!(sum.abs() < 1e-9, "group-centred advantages: {g:?}");
             }
         }
+        assert!(
+            kept == 2 || recs.len() == 12,
+            "kept {kept} of {}",
+            groups.len()
+        );
+        saw_refill |= groups.len() > 2;
+        let m = &ms[step as usize - 1];
+        assert_eq!(
+            m.frac_reward_zero_std,
+            equal_groups as f64 / groups.len() as f64,
+            "step {step}"
+        );
     }
+    assert!(saw_refill, "some step dropped and refilled a group");
+}
+
+/// `rollout.mask_truncated`: truncated responses carry no gradient. With a 2-token budget every response is cut,
+/// so a masked run has no token to train on and takes no optimizer step; the unmasked run steps as usual.
+#[test]
+fn mask_truncated_drops_truncated_responses_from_the_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    for (mask, out) in [(true, "masked"), (false, "plain")] {
+        let dir = tmp.path().join(out);
+        let cfg = cfg_with(
+            &cache,
+            &[
+                "train.steps=2",
+                "rollout.max_new_tokens=2",
+                &format!("rollout.mask_truncated={mask}"),
+            ],
+        );
+        train(&cfg, &opts(&dir, false)).unwrap();
+        let ms = untimed(&dir);
+        assert!(ms.iter().all(|m| m.truncated_frac == 1.0), "{ms:?}");
+        let st = checkpoint::read_state(&checkpoint::latest(&dir).unwrap().unwrap().1).unwrap();
+        if mask {
+            assert_eq!(st.optimizer_steps, 0, "nothing left to train on");
+            assert!(ms.iter().all(|m| m.grad_norm == 0.0 && m.loss == 0.0));
+        } else {
+            assert_eq!(st.optimizer_steps, 2, "one mini-batch per step");
+        }
+    }
+}
+
+/// A method with per-prompt history (HAPO's shortest correct length): the history is saved in checkpoints, and a
+/// run stopped between checkpoints and resumed equals the uninterrupted run.
+#[test]
+fn history_is_checkpointed_and_resume_equals_uninterrupted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    // Few distinct prompts (3-bit parity) so that prompts repeat and the history is read, not only written.
+    let hapo = [
+        "control.method=\"hapo\"",
+        "task.n_bits_max=3",
+        "train.steps=4",
+    ];
+    let a = tmp.path().join("a");
+    train(&cfg_with(&cache, &hapo), &opts(&a, false)).unwrap();
+    let st = checkpoint::read_state(&checkpoint::latest(&a).unwrap().unwrap().1).unwrap();
+    assert!(
+        !st.history.0.is_empty(),
+        "some prompt was answered correctly"
+    );
+    for (id, h) in &st.history.0 {
+        let shortest = rollouts(&a)
+            .iter()
+            .filter(|r| &r.prompt_id == id && r.correct)
+            .map(|r| r.length as f64)
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(h.get("h"), Some(&shortest), "{id}");
+    }
+    // The shaped rewards are not plain 0/1 once a prompt has history.
+    assert!(
+        rollouts(&a)
+            .iter()
+            .any(|r| r.reward != 0.0 && r.reward != 1.0),
+        "HAPO shaped some reward"
+    );
+
+    let mut stop = hapo.to_vec();
+    stop.extend(["train.stop_after_steps=3", "checkpoint.every=2"]);
+    let c = tmp.path().join("c");
+    assert!(matches!(
+        train(&cfg_with(&cache, &stop), &opts(&c, false)).unwrap(),
+        Outcome::Stopped(3)
+    ));
+    let cfg_r =
+        RunConfig::load_run(&c.join("config.toml"), &["train.stop_after_steps=0".into()]).unwrap();
+    train(&cfg_r, &opts(&c, true)).unwrap();
+    assert_same_run(&a, &c);
 }
 
 #[test]

@@ -813,16 +813,6 @@ fn read_gguf_tensors(
 
 // ---------------------------------------------------------------- saving
 
-/// Writes `bytes` to `path` atomically (a temporary file in the same directory, then a rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_sibling(path, "tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| input_err!("{}: cannot write: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        input_err!("{}: cannot write: {e}", path.display())
-    })
-}
-
 /// `path` with a `.{tag}-{pid}-{nanos}` suffix, in the same directory.
 fn tmp_sibling(path: &Path, tag: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()

@@ -256,7 +256,7 @@ impl Tok {
 
     /// Writes `tokenizer.json` to `path` atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::model::io::write_atomic(path, self.to_json()?.as_bytes())
+        crate::atomic::write(path, self.to_json()?.as_bytes())
     }
 }
 

@@ -163,21 +163,6 @@ pub struct Comparison {
     pub plots: Vec<String>,
 }
 
-/// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| input_err!("{}: not a file path", path.display()))?
-        .to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e.into());
-    }
-    Ok(())
-}
-
 fn run_report(run: &Run) -> RunReport {
     let ba = run.before_after();
     let m = &run.metrics;
@@ -574,12 +559,12 @@ pub fn write_comparison(runs: &[Run], out_dir: &Path) -> Result<Comparison> {
         cmp.plots.push(format!("plots/{}", spec.stem));
     }
     let json = serde_json::to_string_pretty(&cmp)?;
-    write_atomic(&out_dir.join("compare.json"), json.as_bytes())?;
-    write_atomic(
+    crate::atomic::write(&out_dir.join("compare.json"), json.as_bytes())?;
+    crate::atomic::write(
         &out_dir.join("report.md"),
         markdown::render(&cmp).as_bytes(),
     )?;
-    write_atomic(
+    crate::atomic::write(
         &out_dir.join("report.html"),
         markdown::render_html(&cmp).as_bytes(),
     )?;

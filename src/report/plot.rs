@@ -247,14 +247,10 @@ pub fn write_plot(dir: &Path, spec: &PlotSpec) -> Result<(PathBuf, PathBuf)> {
         SVGBackend::with_string(&mut svg, SIZE).into_drawing_area(),
         spec,
     )?;
-    super::write_atomic(&svg_path, svg.as_bytes())?;
+    crate::atomic::write(&svg_path, svg.as_bytes())?;
     // The bitmap backend picks the encoder from the extension, so the temporary name ends in .png.
-    let tmp = dir.join(format!(".{}.{}.tmp.png", spec.stem, std::process::id()));
-    let drawn = draw(BitMapBackend::new(&tmp, SIZE).into_drawing_area(), spec);
-    if let Err(e) = drawn {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, &png_path)?;
+    crate::atomic::write_with(&png_path, ".png", |tmp| {
+        draw(BitMapBackend::new(tmp, SIZE).into_drawing_area(), spec)
+    })?;
     Ok((svg_path, png_path))
 }

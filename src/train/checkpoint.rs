@@ -2,8 +2,9 @@
 //! temporary directory and renamed into place (a killed run never leaves a half-written checkpoint); the newest
 //! `keep` are kept. Weights are checked for NaN/inf before anything is written.
 
-use super::files::{io_err, sync_dir, write_json};
+use super::files::{io_err, write_json};
 use super::optim::AdamW;
+use crate::atomic::sync_dir;
 use crate::metrics::EvalRecord;
 use crate::{input_err, Result};
 use candle_core::{DType, Tensor};
@@ -35,6 +36,9 @@ pub struct TrainState {
     pub rollouts_lines: u64,
     /// Lines of `eval.jsonl`.
     pub eval_lines: u64,
+    /// Per-prompt history of the control method (HAPO's `h`, ...), updated after each step's rewards.
+    #[serde(default)]
+    pub history: crate::control::History,
     /// The step-0 evaluation (after the warm start, before RL).
     pub eval_before: Option<EvalRecord>,
     /// The latest evaluation.

@@ -5,7 +5,10 @@
 //! `docs/config.md`). Unknown keys and bad values are `Error::Input` naming the key and where it came from.
 
 use crate::advantage::Estimator;
-use crate::objective::ObjectiveConfig;
+use crate::control::ControlConfig;
+use crate::objective::{ObjectiveConfig, Preset};
+use crate::reward::RewardConfig;
+use crate::task::TaskConfig;
 use crate::{input_err, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -14,17 +17,19 @@ use std::path::Path;
 pub const DEFAULT_TOML: &str = include_str!("../../configs/default.toml");
 
 /// The whole configuration of a run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
     /// Run seed; every stage's RNG is derived from it.
     pub seed: u64,
     /// The policy model.
     pub model: ModelConfig,
-    /// The task (`task::TaskConfig`), kept as TOML and handed to `task::build`.
-    pub task: toml::Table,
-    /// The reward (`reward::RewardConfig`), kept as TOML and handed to `reward`.
-    pub reward: toml::Table,
+    /// The task.
+    pub task: TaskConfig,
+    /// The reward (verifier terms; resolve against the rollout length with [`RunConfig::reward_resolved`]).
+    pub reward: RewardConfig,
+    /// The group reward-shaping / history / advantage method (`[control]`).
+    pub control: ControlConfig,
     /// The policy objective.
     pub objective: ObjectiveConfig,
     /// The advantage estimator.
@@ -41,25 +46,6 @@ pub struct RunConfig {
     pub eval: EvalConfig,
     /// Checkpoints and the final export.
     pub checkpoint: CheckpointConfig,
-}
-
-impl Default for RunConfig {
-    fn default() -> Self {
-        Self {
-            seed: 0,
-            model: ModelConfig::default(),
-            task: toml::Table::new(),
-            reward: toml::Table::new(),
-            objective: ObjectiveConfig::default(),
-            advantage: AdvantageConfig::default(),
-            rollout: RolloutConfig::default(),
-            train: TrainConfig::default(),
-            optim: OptimConfig::default(),
-            sft: SftConfig::default(),
-            eval: EvalConfig::default(),
-            checkpoint: CheckpointConfig::default(),
-        }
-    }
 }
 
 /// The policy model: a real checkpoint (`path`) or a tiny Llama built in code.
@@ -121,9 +107,10 @@ pub struct AdvantageConfig {
 }
 
 impl AdvantageConfig {
-    /// The estimator to use with objective preset `objective`.
-    pub fn resolve(&self, objective: &str) -> Estimator {
-        self.estimator.unwrap_or(if objective == "dr_grpo" {
+    /// The estimator to use with objective preset `objective` (the resolved preset, so that every spelling
+    /// `Preset::from_name` accepts, e.g. `dr-grpo` or `DR_GRPO`, gets the same estimator).
+    pub fn resolve(&self, objective: Preset) -> Estimator {
+        self.estimator.unwrap_or(if objective == Preset::DrGrpo {
             Estimator::DrGrpo
         } else {
             Estimator::Grpo
@@ -495,6 +482,8 @@ impl RunConfig {
             }
         }
         self.objective.resolved()?;
+        self.reward_resolved()?;
+        self.control.validate()?;
         let batch = r.prompts_per_step * r.group_size;
         if t.mini_batch_size > batch {
             return Err(input_err!(
@@ -513,6 +502,21 @@ impl RunConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The `[reward]` section with `overlong_max_len = 0` filled from the rollout length, validated.
+    pub fn reward_resolved(&self) -> Result<RewardConfig> {
+        self.reward.resolved(self.rollout.max_new_tokens)
+    }
+
+    /// The estimator the run trains with: the control method's own if it has one, else `[advantage]` resolved
+    /// against the objective preset.
+    pub fn estimator(&self) -> Result<Estimator> {
+        let preset = self.objective.resolved()?.preset;
+        Ok(self
+            .control
+            .own_estimator()
+            .unwrap_or(self.advantage.resolve(preset)))
     }
 
     /// Rollout batch size P·G.
@@ -634,13 +638,7 @@ fn try_from_table(table: &toml::Table) -> std::result::Result<RunConfig, String>
     let cfg: RunConfig = toml::Value::Table(table.clone())
         .try_into()
         .map_err(|e: toml::de::Error| e.message().to_string())?;
-    check_foreign(&cfg)?;
     Ok(cfg)
-}
-
-/// Deserialises the sections stored as raw tables with their owners' types.
-fn check_foreign(cfg: &RunConfig) -> std::result::Result<(), String> {
-    crate::train::glue::check_task_and_reward(&cfg.task, &cfg.reward)
 }
 
 fn leaves(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {

@@ -12,44 +12,11 @@ pub fn io_err(path: &Path, e: std::io::Error) -> Error {
     input_err!("{}: {e}", path.display())
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, then rename.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let res = (|| -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(path, e));
-    }
-    sync_dir(dir);
-    Ok(())
-}
-
-/// Best-effort fsync of a directory (makes a rename durable).
-pub fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
 /// Writes a value as pretty JSON, atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
-    atomic_write(path, text.as_bytes())
+    crate::atomic::write(path, text.as_bytes())
 }
 
 /// An append-only JSONL file that counts its lines.

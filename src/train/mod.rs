@@ -9,14 +9,15 @@
 //! - `policy`: the trained model (tiny built-in or loaded), prompt encoding, sampling.
 //! - `optim`: AdamW with saveable moments, gradient-norm clipping, warm-up schedule.
 //! - `checkpoint`: atomic checkpoints and resume state.
-//! - `files`: run-directory files (atomic writes, JSONL logs cut back on resume).
+//! - `bootstrap`: task, reward and initial policy, built the same way by every command.
+//! - `files`: run-directory files (JSONL logs cut back on resume, seeds).
 //! - `progress`: progress bar / lines and the summary table.
 
+pub mod bootstrap;
 pub mod checkpoint;
 pub mod config;
 pub mod eval;
 pub mod files;
-pub(crate) mod glue;
 pub mod mechanism;
 pub mod optim;
 pub mod policy;

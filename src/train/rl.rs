@@ -13,12 +13,13 @@ use super::policy::Policy;
 use super::progress::{summary_table, Mode, Progress};
 use super::sft;
 use crate::advantage;
+use crate::control::{self, Group, Response, StepInfo};
 use crate::metrics::{EvalRecord, RolloutRecord, StepMetrics, Summary};
 use crate::model::Transformer;
 use crate::objective::{self, ObjectiveStats, PolicyInputs, ResolvedObjective};
 use crate::reward::{self, RewardBreakdown, RewardConfig};
 use crate::rollout::{token_logprobs, Batch, SamplingParams};
-use crate::task::{self, Task, TaskConfig};
+use crate::task::Task;
 use crate::{input_err, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
@@ -51,21 +52,6 @@ pub enum Outcome {
     Stopped(u64),
 }
 
-/// The typed `[task]` section.
-pub fn task_config(cfg: &RunConfig) -> Result<TaskConfig> {
-    toml::Value::Table(cfg.task.clone())
-        .try_into()
-        .map_err(|e: toml::de::Error| input_err!("task: {}", e.message()))
-}
-
-/// The typed `[reward]` section, resolved against the rollout length.
-pub fn reward_config(cfg: &RunConfig) -> Result<RewardConfig> {
-    let r: RewardConfig = toml::Value::Table(cfg.reward.clone())
-        .try_into()
-        .map_err(|e: toml::de::Error| input_err!("reward: {}", e.message()))?;
-    r.resolved(cfg.rollout.max_new_tokens)
-}
-
 /// One sampled response of a step.
 struct Sample {
     group: usize,
@@ -74,7 +60,11 @@ struct Sample {
     response: Vec<u32>,
     truncated: bool,
     reward: RewardBreakdown,
+    /// The reward after the control method's shaping (what advantages and metrics use).
+    shaped: f64,
     advantage: f64,
+    /// Per-token loss weights set by the control method (`None` = 1).
+    token_weights: Option<Vec<f32>>,
     old_lp: Vec<f32>,
     ref_lp: Option<Vec<f32>>,
     train: bool,
@@ -86,6 +76,8 @@ struct Ctx<'a> {
     obj: ResolvedObjective,
     task: Box<dyn Task>,
     reward: RewardConfig,
+    control: Box<dyn control::Method>,
+    estimator: advantage::Estimator,
     policy: Policy,
     reference: Option<Transformer>,
     opt: AdamW,
@@ -127,9 +119,11 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
     let t_start = Instant::now();
     let out = &opts.out;
     let obj = cfg.objective.resolved()?;
-    let task_cfg = task_config(cfg)?;
-    let task = task::build(&task_cfg)?;
-    let reward = reward_config(cfg)?;
+    let super::bootstrap::Bootstrap {
+        task,
+        reward,
+        mut policy,
+    } = super::bootstrap::Bootstrap::new(cfg)?;
     let latest = if opts.resume {
         let l = checkpoint::latest(out)?;
         if l.is_none() {
@@ -143,9 +137,8 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
         None
     };
     prepare_dir(out, opts.resume)?;
-    super::files::atomic_write(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    crate::atomic::write(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
 
-    let mut policy = Policy::build(cfg, task.as_ref(), derive_seed(cfg.seed, "init"))?;
     let device = policy.model().device().clone();
     let adam = AdamWParams::from(&cfg.optim);
 
@@ -185,17 +178,18 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
             metrics_lines: 0,
             rollouts_lines: 0,
             eval_lines: 0,
+            history: Default::default(),
             eval_before: None,
             eval_last: None,
             wall_seconds: 0.0,
         };
         if obj.kl_beta > 0.0 {
-            let tmp = out.join(".reference.safetensors.tmp");
-            policy
-                .varmap()
-                .save(&tmp)
-                .map_err(|e| input_err!("{}: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, &reference_path).map_err(|e| io_err(&reference_path, e))?;
+            crate::atomic::write_with(&reference_path, "", |tmp| {
+                policy
+                    .varmap()
+                    .save(tmp)
+                    .map_err(|e| input_err!("{}: {e}", reference_path.display()))
+            })?;
         }
     }
     let reference = if obj.kl_beta > 0.0 {
@@ -223,6 +217,8 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
         obj,
         task,
         reward,
+        control: cfg.control.build(),
+        estimator: cfg.estimator()?,
         policy,
         reference,
         opt,
@@ -235,7 +231,7 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
     let mut rollouts_log =
         JsonlLog::open_truncated(&out.join("rollouts.jsonl"), state.rollouts_lines)?;
     let mut eval_log = JsonlLog::open_truncated(&out.join("eval.jsonl"), state.eval_lines)?;
-    let eval_set = EvalSet::new(cfg, ctx.task.as_ref(), &ctx.policy, task_cfg.eval_size)?;
+    let eval_set = EvalSet::new(cfg, ctx.task.as_ref(), &ctx.policy, cfg.task.eval_size)?;
     let wall_before = state.wall_seconds;
     let wall = |state_start: Instant| wall_before + state_start.elapsed().as_secs_f64();
 
@@ -395,12 +391,19 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
-/// Builds the per-token tensors of a set of samples: batch, old log-probs, train mask, advantages, ref log-probs.
-fn tensors_of(
-    samples: &[&Sample],
-    pad: u32,
-    device: &Device,
-) -> Result<(Batch, Tensor, Tensor, Tensor, Option<Tensor>)> {
+/// The per-token tensors of a set of samples.
+struct MiniBatch {
+    batch: Batch,
+    old: Tensor,
+    mask: Tensor,
+    adv: Tensor,
+    ref_lp: Option<Tensor>,
+    /// `(B, T)` per-token loss weights when some sample has them (1 elsewhere).
+    token_weights: Option<Tensor>,
+}
+
+/// Builds the per-token tensors of a set of samples.
+fn tensors_of(samples: &[&Sample], pad: u32, device: &Device) -> Result<MiniBatch> {
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = samples
         .iter()
         .map(|s| (s.prompt.as_ref().clone(), s.response.clone()))
@@ -411,6 +414,8 @@ fn tensors_of(
     let mut rf = vec![0f32; b * t1];
     let mut keep = vec![0f32; b * t1];
     let has_ref = samples.iter().all(|s| s.ref_lp.is_some()) && !samples.is_empty();
+    let has_tw = samples.iter().any(|s| s.token_weights.is_some());
+    let mut tw = vec![1f32; if has_tw { b * t1 } else { 0 }];
     for (i, s) in samples.iter().enumerate() {
         let start = s.prompt.len() - 1;
         for j in 0..s.response.len() {
@@ -420,6 +425,9 @@ fn tensors_of(
             }
             if s.train {
                 keep[i * t1 + start + j] = 1.0;
+            }
+            if let Some(w) = s.token_weights.as_ref().and_then(|w| w.get(j)) {
+                tw[i * t1 + start + j] = *w;
             }
         }
     }
@@ -438,17 +446,32 @@ fn tensors_of(
     } else {
         None
     };
-    Ok((batch, old, mask, adv, rf))
+    let token_weights = if has_tw {
+        Some(Tensor::from_vec(tw, (b, t1), device)?)
+    } else {
+        None
+    };
+    Ok(MiniBatch {
+        batch,
+        old,
+        mask,
+        adv,
+        ref_lp: rf,
+        token_weights,
+    })
 }
 
-/// Per-response log-probs (and entropies, summed) of `samples` under `model`, no gradient.
+/// Per-response, per-token values.
+type PerToken = Vec<Vec<f32>>;
+
+/// Per-token log-probs and entropies of each of `samples`' responses under `model`, no gradient.
 fn response_logprobs(
     model: &Transformer,
     samples: &[&Sample],
     pad: u32,
     device: &Device,
-) -> Result<(Vec<Vec<f32>>, Vec<f64>)> {
-    let (batch, ..) = tensors_of(samples, pad, device)?;
+) -> Result<(PerToken, PerToken)> {
+    let batch = tensors_of(samples, pad, device)?.batch;
     let (logp, ent) = token_logprobs(model, &batch)?;
     let logp: Vec<Vec<f32>> = logp.detach().to_vec2()?;
     let ent: Vec<Vec<f32>> = ent.detach().to_vec2()?;
@@ -457,12 +480,7 @@ fn response_logprobs(
     for (i, s) in samples.iter().enumerate() {
         let start = s.prompt.len() - 1;
         lps.push(logp[i][start..start + s.response.len()].to_vec());
-        ents.push(
-            ent[i][start..start + s.response.len()]
-                .iter()
-                .map(|&x| x as f64)
-                .sum(),
-        );
+        ents.push(ent[i][start..start + s.response.len()].to_vec());
     }
     Ok((lps, ents))
 }
@@ -482,6 +500,17 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     // Coin rewards and label noise: a stream per step, so a resumed run draws the same rewards.
     let mut rng_reward =
         ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, &format!("reward-{step}")));
+    let mut step_groups: Vec<Group> = vec![];
+    let micro = if cfg.train.micro_batch_size == 0 {
+        cfg.mini_batch_size()
+    } else {
+        cfg.train.micro_batch_size
+    };
+    let pad = ctx.policy.pad_id();
+    let at = StepInfo {
+        step,
+        max_new_tokens: cfg.rollout.max_new_tokens,
+    };
     while kept_groups.len() < p_count {
         let need = p_count - kept_groups.len();
         let mut problems = Vec::with_capacity(need);
@@ -504,10 +533,13 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
             cfg.rollout.generation_batch_size,
             &mut state.rng_rollout,
         )?;
+        let first_sample = samples.len();
+        let first_group = n_groups;
+        let mut round: Vec<Group> = vec![];
         for (pi, problem) in problems.iter().enumerate() {
             let group = n_groups;
             n_groups += 1;
-            let mut rewards = vec![];
+            let mut responses = vec![];
             for gi in 0..g {
                 let c = &outs[pi * g + gi];
                 generated_tokens += c.ids.len();
@@ -522,7 +554,13 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                     truncated,
                     &mut rng_reward,
                 );
-                rewards.push(r.total);
+                responses.push(Response {
+                    length: c.ids.len(),
+                    correct: r.accuracy > 0.5,
+                    truncated,
+                    reward: Some(r.total),
+                    entropies: None,
+                });
                 samples.push(Sample {
                     group,
                     prompt_id: problem.id.clone(),
@@ -530,45 +568,89 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                     response: c.ids.clone(),
                     truncated,
                     reward: r,
+                    shaped: r.total,
                     advantage: 0.0,
+                    token_weights: None,
                     old_lp: vec![],
                     ref_lp: None,
                     train: !(truncated && cfg.rollout.mask_truncated || c.ids.is_empty()),
                 });
+            }
+            round.push(Group {
+                prompt_id: problem.id.clone(),
+                responses,
+            });
+        }
+        if ctx.control.needs_entropies() {
+            let idx: Vec<usize> = (first_sample..samples.len())
+                .filter(|&i| !samples[i].response.is_empty())
+                .collect();
+            for chunk in idx.chunks(micro.max(1)) {
+                let refs: Vec<&Sample> = chunk.iter().map(|&i| &samples[i]).collect();
+                let (_, ents) = response_logprobs(ctx.policy.model(), &refs, pad, &ctx.device)?;
+                for (&i, e) in chunk.iter().zip(ents) {
+                    let (gl, k) = (samples[i].group - first_group, i - first_sample);
+                    round[gl].responses[k % g].entropies = Some(e);
+                }
+            }
+            for r in round.iter_mut().flat_map(|g| g.responses.iter_mut()) {
+                r.entropies.get_or_insert_with(Vec::new);
+            }
+        }
+        // Shape the round's rewards against the history of the step's start, then filter on the shaped rewards.
+        let shaped = ctx.control.shape(&round, &state.history, at);
+        let mut k = first_sample;
+        for (gi, rewards) in shaped.iter().enumerate() {
+            for &r in rewards {
+                samples[k].shaped = r;
+                k += 1;
             }
             let all_equal = rewards.iter().all(|&r| r == rewards[0]);
             if all_equal {
                 zero_std_groups += 1;
             }
             if !(cfg.rollout.dynamic_sampling && all_equal) {
-                kept_groups.push(group);
+                kept_groups.push(first_group + gi);
             }
         }
+        step_groups.extend(round);
         rounds += 1;
         if !cfg.rollout.dynamic_sampling || rounds >= cfg.rollout.max_sampling_rounds {
             break;
         }
     }
     kept_groups.truncate(p_count);
+    ctx.control.update(&step_groups, &mut state.history);
 
-    // Advantages over the kept groups.
-    let kept: Vec<usize> = (0..samples.len())
-        .filter(|&i| kept_groups.contains(&samples[i].group))
+    // Advantages over the kept groups (samples of group `gi` are `gi·G .. (gi+1)·G`).
+    kept_groups.sort_unstable();
+    let kept_step_groups: Vec<Group> = kept_groups
+        .iter()
+        .map(|&gi| step_groups[gi].clone())
         .collect();
-    let rewards: Vec<f64> = kept.iter().map(|&i| samples[i].reward.total).collect();
-    let gids: Vec<usize> = kept.iter().map(|&i| samples[i].group).collect();
-    let adv = advantage::compute(cfg.advantage.resolve(&cfg.objective.name), &rewards, &gids);
-    for (k, &i) in kept.iter().enumerate() {
-        samples[i].advantage = adv[k];
+    let kept_rewards: Vec<Vec<f64>> = kept_groups
+        .iter()
+        .map(|&gi| (gi * g..(gi + 1) * g).map(|i| samples[i].shaped).collect())
+        .collect();
+    let adv = ctx.control.advantages(
+        &kept_step_groups,
+        &kept_rewards,
+        &state.history,
+        ctx.estimator,
+    );
+    for (k, &gi) in kept_groups.iter().enumerate() {
+        for j in 0..g {
+            let s = &mut samples[gi * g + j];
+            s.advantage = adv.seq[k][j];
+            s.token_weights = adv.token_weights.as_ref().map(|w| w[k][j].clone());
+        }
     }
+    let kept: Vec<usize> = kept_groups
+        .iter()
+        .flat_map(|&gi| gi * g..(gi + 1) * g)
+        .collect();
 
     // Old (and reference) log-probs from the training forward, no gradient.
-    let micro = if cfg.train.micro_batch_size == 0 {
-        cfg.mini_batch_size()
-    } else {
-        cfg.train.micro_batch_size
-    };
-    let pad = ctx.policy.pad_id();
     let mut trained_tokens = 0usize;
     let mut ent_sum = 0f64;
     let mut ent_n = 0usize;
@@ -589,7 +671,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
             .map(|s| s.prompt.len() + s.response.len())
             .sum::<usize>();
         for (k, &i) in chunk.iter().enumerate() {
-            ent_sum += ents[k];
+            ent_sum += ents[k].iter().map(|&x| x as f64).sum::<f64>();
             ent_n += samples[i].response.len();
             samples[i].old_lp = lps[k].clone();
             samples[i].ref_lp = rlps.as_ref().map(|r| r[k].clone());
@@ -644,18 +726,25 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                 if part_seqs == 0 {
                     continue;
                 }
-                let (batch, old, mask, adv, rf) = tensors_of(&refs, pad, &ctx.device)?;
-                let (logp, ent) = token_logprobs(ctx.policy.model(), &batch)?;
+                let mbt = tensors_of(&refs, pad, &ctx.device)?;
+                if mbt.token_weights.is_some() {
+                    // The hook is in place; the objective's per-token weight input arrives with issue 10's
+                    // objective side (`PolicyInputs::token_weights`).
+                    return Err(input_err!(
+                        "control.method: per-token weights are not supported by the objective yet"
+                    ));
+                }
+                let (logp, ent) = token_logprobs(ctx.policy.model(), &mbt.batch)?;
                 trained_tokens += refs
                     .iter()
                     .map(|s| s.prompt.len() + s.response.len())
                     .sum::<usize>();
                 let inputs = PolicyInputs {
                     logp: &logp,
-                    old_logp: &old,
-                    mask: &mask,
-                    advantages: &adv,
-                    ref_logp: rf.as_ref(),
+                    old_logp: &mbt.old,
+                    mask: &mbt.mask,
+                    advantages: &mbt.adv,
+                    ref_logp: mbt.ref_lp.as_ref(),
                     entropy: if ctx.obj.entropy_coef != 0.0 {
                         Some(&ent)
                     } else {
@@ -670,7 +759,9 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                 let o = objective::policy_loss_resolved(&ctx.obj, &inputs)?;
                 let weights = |unclipped| {
                     let gc = inputs.global_counts;
-                    mechanism::seq_weights(&ctx.obj, &logp, &old, &mask, &adv, gc, unclipped)
+                    mechanism::seq_weights(
+                        &ctx.obj, &logp, &mbt.old, &mbt.mask, &mbt.adv, gc, unclipped,
+                    )
                 };
                 mparts.push((
                     refs.iter().map(|s| train_len(s)).collect::<Vec<_>>(),
@@ -731,7 +822,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
 
     // Metrics over every sampled response of the step.
     let n = samples.len().max(1) as f64;
-    let rewards_all: Vec<f64> = samples.iter().map(|s| s.reward.total).collect();
+    let rewards_all: Vec<f64> = samples.iter().map(|s| s.shaped).collect();
     let reward_mean = rewards_all.iter().sum::<f64>() / n;
     let reward_std = (rewards_all
         .iter()
@@ -811,7 +902,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                 step,
                 prompt_id: s.prompt_id.clone(),
                 length: s.response.len() as u32,
-                reward: s.reward.total,
+                reward: s.shaped,
                 correct: s.reward.accuracy > 0.5,
                 advantage: s.advantage,
                 truncated: s.truncated,

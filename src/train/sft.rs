@@ -92,12 +92,12 @@ pub fn warm_start(
         if let Some(dir) = p.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         }
-        let tmp = p.with_extension(format!("tmp-{}", std::process::id()));
-        policy
-            .varmap()
-            .save(&tmp)
-            .map_err(|e| input_err!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, p).map_err(|e| io_err(p, e))?;
+        crate::atomic::write_with(p, "", |tmp| {
+            policy
+                .varmap()
+                .save(tmp)
+                .map_err(|e| input_err!("{}: {e}", p.display()))
+        })?;
         report.cache_path = path;
     }
     report.seconds = t0.elapsed().as_secs_f64();
@@ -205,15 +205,16 @@ pub fn run(
         ));
     }
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
-    super::files::atomic_write(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
-    let task_cfg = super::rl::task_config(cfg)?;
-    let task = crate::task::build(&task_cfg)?;
-    let reward = super::rl::reward_config(cfg)?;
-    let policy = Policy::build(cfg, task.as_ref(), derive_seed(cfg.seed, "init"))?;
+    crate::atomic::write(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    let super::bootstrap::Bootstrap {
+        task,
+        reward,
+        policy,
+    } = super::bootstrap::Bootstrap::new(cfg)?;
     let mut log = JsonlLog::open_truncated(&out.join("sft.jsonl"), 0)?;
     let rep = train(&policy, task.as_ref(), cfg, mode, Some(&mut log))?;
     log.sync()?;
-    let set = super::eval::EvalSet::new(cfg, task.as_ref(), &policy, task_cfg.eval_size)?;
+    let set = super::eval::EvalSet::new(cfg, task.as_ref(), &policy, cfg.task.eval_size)?;
     let e = super::eval::evaluate(cfg, &policy, task.as_ref(), &reward, &set, 0)?;
     let mut elog = JsonlLog::open_truncated(&out.join("eval.jsonl"), 0)?;
     elog.append(&e)?;
