@@ -30,6 +30,9 @@ fn weights(name: &str, lens: &[usize], adv: &[f64], d: f64, unclipped: bool) -> 
     seq_weights(&obj(name), &logp, &old, &mask, &a, None, unclipped).unwrap()
 }
 
+/// Expected net weight from (A, L, B, ΣL, H).
+type Expected = fn(f64, f64, f64, f64, f64) -> f64;
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9 * (1.0 + b.abs())
 }
@@ -40,7 +43,7 @@ fn per_response_weights_at_ratio_one() {
     let adv = [1.0, -0.5];
     let (b, sum_l, h) = (2.0, 8.0, 6.0);
     // Net weight g = Σ_t w_t of each response, from the per-token weights of the theory table.
-    let cases: [(&str, fn(f64, f64, f64, f64, f64) -> f64); 6] = [
+    let cases: [(&str, Expected); 6] = [
         ("grpo", |a, _l, b, _s, _h| a / b),     // A/(B|y|) per token
         ("gspo", |a, _l, b, _s, _h| a / b),     // s·A/(B|y|)
         ("luspo", |a, l, b, _s, _h| a * l / b), // s·A/B
