@@ -85,7 +85,7 @@ pub struct StepMetrics {
     /// Share on the longest quartile.
     #[serde(default)]
     pub grad_share_len_q4: f64,
-    /// Mean length of clipped A<0 responses (null when none).
+    /// Mean length of clipped A<0 responses (0 when none).
     #[serde(default)]
     pub clip_len_low_clipped: f64,
     /// Mean length of kept A<0 responses.

@@ -118,7 +118,7 @@ fn accumulator_on_a_hand_batch() {
         "{s:?}"
     );
     assert!(
-        s.clip_len_high[0].is_nan() && close(s.clip_len_high[1], 4.0),
+        s.clip_len_high[0] == 0.0 && close(s.clip_len_high[1], 4.0),
         "{s:?}"
     );
     // Carrying gradient: (2,+1), (4,−1), (6,+1): mean L 4, mean A 1/3; cov = Σ(L−4)(A−1/3)/3.

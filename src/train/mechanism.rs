@@ -92,7 +92,8 @@ pub fn seq_weights(
         .collect())
 }
 
-/// The mechanism metrics of one RL step (fields of [`crate::metrics::StepMetrics`]).
+/// The mechanism metrics of one RL step (fields of [`crate::metrics::StepMetrics`]); NaN-free: 0 where a
+/// figure is undefined (no clipped response on a side, fewer than 2 responses carrying gradient).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct MechanismStats {
     /// Gradient mass Σ|w| on A>0 responses, mean per optimizer step.
@@ -101,12 +102,12 @@ pub struct MechanismStats {
     pub grad_mass_neg: f64,
     /// Share of the gradient mass on each quartile of the step's response lengths (shortest first).
     pub grad_share_len_q: [f64; 4],
-    /// Mean length of clipped / kept A<0 responses (a response counts by its share of zero-weight tokens); NaN
+    /// Mean length of clipped / kept A<0 responses (a response counts by its share of zero-weight tokens); 0
     /// when there are none.
     pub clip_len_low: [f64; 2],
-    /// Mean length of clipped / kept A>0 responses; NaN when there are none.
+    /// Mean length of clipped / kept A>0 responses; 0 when there are none.
     pub clip_len_high: [f64; 2],
-    /// Covariance of length and advantage over the responses that carry gradient (NaN when fewer than 2).
+    /// Covariance of length and advantage over the responses that carry gradient (0 when fewer than 2).
     pub len_adv_cov: f64,
     /// Length push (tokens): total, reward, weighting and clip parts (see the module doc).
     pub len_push: [f64; 4],
@@ -205,8 +206,8 @@ impl Mechanism {
     pub fn finish(&self) -> MechanismStats {
         let n = self.opt_steps.max(1) as f64;
         let total: f64 = self.mass_q.iter().sum();
-        let share = |x: f64| if total > 0.0 { x / total } else { f64::NAN };
-        let ratio = |(w, wl): (f64, f64)| if w > 0.0 { wl / w } else { f64::NAN };
+        let share = |x: f64| if total > 0.0 { x / total } else { 0.0 };
+        let ratio = |(w, wl): (f64, f64)| if w > 0.0 { wl / w } else { 0.0 };
         let cov = if self.carried.len() >= 2 {
             let k = self.carried.len() as f64;
             let ml = self.carried.iter().map(|p| p.0).sum::<f64>() / k;
@@ -217,13 +218,13 @@ impl Mechanism {
                 .sum::<f64>()
                 / k
         } else {
-            f64::NAN
+            0.0
         };
         let push = if self.push_norm > 0.0 {
             let p = self.push.map(|x| x / self.push_norm);
             [p[0] + p[1] + p[2], p[0], p[1], p[2]]
         } else {
-            [f64::NAN; 4]
+            [0.0; 4]
         };
         MechanismStats {
             grad_mass_pos: self.mass[1] / n,
