@@ -82,6 +82,52 @@ pub struct StepMetrics {
     /// With an engine: wall seconds spent pushing the weights to it before this step's rollouts.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub weight_sync_seconds: Option<f64>,
+    /// Gradient mass Σ|w_t| on A>0 responses, w_t = −∂loss/∂logp_t, mean per optimizer step
+    /// (`train::mechanism`, docs/length_theory.md).
+    #[serde(default)]
+    pub grad_mass_pos: f64,
+    /// Gradient mass on A<0 responses, mean per optimizer step.
+    #[serde(default)]
+    pub grad_mass_neg: f64,
+    /// Share of the gradient mass on the shortest quartile of the step's response lengths.
+    #[serde(default)]
+    pub grad_share_len_q1: f64,
+    /// Share on the second quartile.
+    #[serde(default)]
+    pub grad_share_len_q2: f64,
+    /// Share on the third quartile.
+    #[serde(default)]
+    pub grad_share_len_q3: f64,
+    /// Share on the longest quartile.
+    #[serde(default)]
+    pub grad_share_len_q4: f64,
+    /// Mean length of clipped A<0 responses (0 when none).
+    #[serde(default)]
+    pub clip_len_low_clipped: f64,
+    /// Mean length of kept A<0 responses.
+    #[serde(default)]
+    pub clip_len_low_kept: f64,
+    /// Mean length of clipped A>0 responses.
+    #[serde(default)]
+    pub clip_len_high_clipped: f64,
+    /// Mean length of kept A>0 responses.
+    #[serde(default)]
+    pub clip_len_high_kept: f64,
+    /// Covariance of length and advantage over the responses that carry gradient.
+    #[serde(default)]
+    pub len_adv_cov: f64,
+    /// Length push (tokens, first order): Σ c_i (L_i − L̄) / Σ |c_i| without clip, c_i = mean token weight; > 0 favours longer responses.
+    #[serde(default)]
+    pub len_push: f64,
+    /// The part of `len_push` from the advantage's covariance with length (the reward).
+    #[serde(default)]
+    pub len_push_reward: f64,
+    /// The part from the objective's length-dependent per-response scale.
+    #[serde(default)]
+    pub len_push_weighting: f64,
+    /// The part from clipping.
+    #[serde(default)]
+    pub len_push_clip: f64,
 }
 
 /// One held-out evaluation.

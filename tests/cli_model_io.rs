@@ -209,6 +209,11 @@ fn errors_are_one_line_with_exit_2() {
 fn smollm2_chat_answers_paris() {
     let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !p.exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{} is missing with CI=true: scripts/fetch_smollm2.sh must have fetched it",
+            p.display()
+        );
         eprintln!(
             "note: {} not found (run scripts/fetch_smollm2.sh); skipping",
             p.display()

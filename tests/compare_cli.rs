@@ -17,6 +17,7 @@ fn tiny_sets(cache: &Path) -> Vec<String> {
         "task.name=\"parity\"",
         "task.n_bits_min=3",
         "task.n_bits_max=5",
+        "task.pad_max=4",
         "task.eval_size=8",
         "sft.steps=40",
         "sft.batch_size=16",

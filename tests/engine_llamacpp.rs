@@ -30,6 +30,11 @@ fn setup() -> Option<(PathBuf, PathBuf)> {
     let model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     for p in [&bin, &model] {
         if !p.exists() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{} is missing with CI=true: .ci/run must have built/fetched it",
+                p.display()
+            );
             eprintln!(
                 "note: {} not found (scripts/install_llama_server.sh, scripts/fetch_smollm2.sh); skipping",
                 p.display()

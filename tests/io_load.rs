@@ -21,6 +21,11 @@ fn smollm2() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{} is missing with CI=true: scripts/fetch_smollm2.sh must have fetched it",
+            p.display()
+        );
         eprintln!(
             "note: {} not found (run scripts/fetch_smollm2.sh); skipping",
             p.display()

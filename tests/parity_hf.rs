@@ -165,6 +165,11 @@ fn save_round_trip_and_legacy_rope_config() {
 fn smollm2() -> Option<(PathBuf, Value)> {
     let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !p.exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{} is missing with CI=true: scripts/fetch_smollm2.sh must have fetched it",
+            p.display()
+        );
         eprintln!(
             "note: {} not found (run scripts/fetch_smollm2.sh); skipping SmolLM2 parity",
             p.display()

@@ -153,8 +153,13 @@ fn every_shipped_config_parses() {
     let mut names = vec![];
     for entry in std::fs::read_dir(&dir).unwrap() {
         let p = entry.unwrap().path();
-        // compare.toml is `luspo compare`'s embedded config (its own `[compare]` section; tested in compare_cli).
-        if p.extension().is_some_and(|e| e == "toml") && !p.ends_with("compare.toml") {
+        // Files with a `[compare]` section are `luspo compare` configs: planned (and so validated) instead.
+        let is_compare = std::fs::read_to_string(&p).is_ok_and(|t| t.contains("\n[compare]"));
+        if is_compare && !p.ends_with("compare.toml") {
+            luspo::compare::plan(Some(&p), &[], None, None)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+        if p.extension().is_some_and(|e| e == "toml") && !is_compare {
             let cfg =
                 RunConfig::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             let stem = p.file_stem().unwrap().to_string_lossy().to_string();

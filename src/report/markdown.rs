@@ -224,12 +224,96 @@ pub fn render(cmp: &Comparison) -> String {
             first_last(la, |x| x.mean_length)
         );
     }
+    drivers(&mut s, cmp);
     let _ = writeln!(
         s,
         "\nPer-step figures (lengths of correct/incorrect and A>0/A<0 responses, their changes, truncation) \
          are in `compare.json` under `runs[].length_analysis.by_step`."
     );
     s
+}
+
+/// Mean of the finite values of `v` (None when there are none).
+fn finite_mean(v: impl Iterator<Item = f64>) -> Option<f64> {
+    let v: Vec<f64> = v.filter(|x| x.is_finite()).collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// One sentence per objective naming the largest part of its mean length push (docs/length_theory.md).
+fn drivers(s: &mut String, cmp: &Comparison) {
+    let _ = writeln!(s, "\n### What drove the length\n");
+    let _ = writeln!(
+        s,
+        "Train length over the first and last 5 steps, and the mean over steps and seeds of the first-order \
+         length push (tokens; > 0 favours longer responses) split into reward, weighting and clip parts \
+         (`train::mechanism`).\n"
+    );
+    for o in &cmp.by_objective {
+        let runs: Vec<_> = cmp
+            .runs
+            .iter()
+            .filter(|r| r.objective == o.objective)
+            .collect();
+        let over = |f: &dyn Fn(&super::Curves) -> Option<f64>| {
+            finite_mean(runs.iter().filter_map(|r| f(&r.curves)))
+        };
+        let window = |c: &super::Curves, last: bool| {
+            let v = &c.response_length_mean;
+            let k = v.len().min(5);
+            finite_mean(
+                if last {
+                    v[v.len() - k..].iter()
+                } else {
+                    v[..k].iter()
+                }
+                .copied(),
+            )
+        };
+        let (first, last) = (over(&|c| window(c, false)), over(&|c| window(c, true)));
+        let part =
+            |f: fn(&super::Curves) -> &Vec<f64>| over(&|c| finite_mean(f(c).iter().copied()));
+        let parts = [
+            (
+                "the reward (advantage covaried with length)",
+                part(|c| &c.len_push_reward),
+            ),
+            (
+                "the objective's length weighting",
+                part(|c| &c.len_push_weighting),
+            ),
+            ("clipping", part(|c| &c.len_push_clip)),
+        ];
+        let (Some(first), Some(last), Some(total)) = (first, last, part(|c| &c.len_push)) else {
+            let _ = writeln!(
+                s,
+                "- **{}**: no mechanism metrics in these runs.",
+                o.objective
+            );
+            continue;
+        };
+        let (name, v) =
+            parts
+                .iter()
+                .filter_map(|(n, v)| Some((*n, (*v)?)))
+                .fold(("none", 0.0f64), |acc, x| {
+                    if x.1.abs() > acc.1.abs() {
+                        x
+                    } else {
+                        acc
+                    }
+                });
+        let dir = if v > 0.0 { "longer" } else { "shorter" };
+        let _ = writeln!(
+            s,
+            "- **{}**: length {first:.1} → {last:.1} ({:.2}×); mean push {total:+.2}, of which {:+.2} reward, \
+             {:+.2} weighting, {:+.2} clip: mostly {name}, towards {dir} responses.",
+            o.objective,
+            last / first.max(1e-9),
+            parts[0].1.unwrap_or(f64::NAN),
+            parts[1].1.unwrap_or(f64::NAN),
+            parts[2].1.unwrap_or(f64::NAN),
+        );
+    }
 }
 
 /// Escapes text for HTML and turns `code` spans into `<code>`.

@@ -40,6 +40,45 @@ pub struct Curves {
     pub clip_frac_high: Vec<f64>,
     /// Fraction truncated.
     pub truncated_frac: Vec<f64>,
+    /// Gradient mass on A>0 responses, mean per optimizer step.
+    #[serde(default)]
+    pub grad_mass_pos: Vec<f64>,
+    /// Gradient mass on A<0 responses.
+    #[serde(default)]
+    pub grad_mass_neg: Vec<f64>,
+    /// Share of gradient mass on the shortest length quartile.
+    #[serde(default)]
+    pub grad_share_len_q1: Vec<f64>,
+    /// Share of gradient mass on the longest length quartile.
+    #[serde(default)]
+    pub grad_share_len_q4: Vec<f64>,
+    /// Mean length of clipped A<0 responses.
+    #[serde(default)]
+    pub clip_len_low_clipped: Vec<f64>,
+    /// Mean length of kept A<0 responses.
+    #[serde(default)]
+    pub clip_len_low_kept: Vec<f64>,
+    /// Mean length of clipped A>0 responses.
+    #[serde(default)]
+    pub clip_len_high_clipped: Vec<f64>,
+    /// Mean length of kept A>0 responses.
+    #[serde(default)]
+    pub clip_len_high_kept: Vec<f64>,
+    /// Covariance of length and advantage over the responses carrying gradient.
+    #[serde(default)]
+    pub len_adv_cov: Vec<f64>,
+    /// First-order length push (tokens).
+    #[serde(default)]
+    pub len_push: Vec<f64>,
+    /// Its reward part.
+    #[serde(default)]
+    pub len_push_reward: Vec<f64>,
+    /// Its weighting part.
+    #[serde(default)]
+    pub len_push_weighting: Vec<f64>,
+    /// Its clip part.
+    #[serde(default)]
+    pub len_push_clip: Vec<f64>,
 }
 
 /// Held-out evaluation curves of one run (from `eval.jsonl`).
@@ -147,6 +186,19 @@ fn run_report(run: &Run) -> RunReport {
             clip_frac_low: col(|s| s.clip_frac_low),
             clip_frac_high: col(|s| s.clip_frac_high),
             truncated_frac: col(|s| s.truncated_frac),
+            grad_mass_pos: col(|s| s.grad_mass_pos),
+            grad_mass_neg: col(|s| s.grad_mass_neg),
+            grad_share_len_q1: col(|s| s.grad_share_len_q1),
+            grad_share_len_q4: col(|s| s.grad_share_len_q4),
+            clip_len_low_clipped: col(|s| s.clip_len_low_clipped),
+            clip_len_low_kept: col(|s| s.clip_len_low_kept),
+            clip_len_high_clipped: col(|s| s.clip_len_high_clipped),
+            clip_len_high_kept: col(|s| s.clip_len_high_kept),
+            len_adv_cov: col(|s| s.len_adv_cov),
+            len_push: col(|s| s.len_push),
+            len_push_reward: col(|s| s.len_push_reward),
+            len_push_weighting: col(|s| s.len_push_weighting),
+            len_push_clip: col(|s| s.len_push_clip),
         },
         eval_curves: EvalCurves {
             step: run.evals.iter().map(|e| e.step).collect(),
@@ -354,7 +406,69 @@ fn plot_specs(cmp: &Comparison) -> Vec<PlotSpec> {
     for s in &mut by_correct {
         s.band.clear();
     }
-    vec![
+    let pair = |a: fn(&Curves) -> &Vec<f64>, b: fn(&Curves) -> &Vec<f64>, sa: &str, sb: &str| {
+        let mut v = seed_series(&groups, &curve(a), false, sa);
+        v.extend(seed_series(&groups, &curve(b), true, sb));
+        for s in &mut v {
+            s.band.clear();
+        }
+        v
+    };
+    let mechanism = vec![
+        spec(
+            "grad_mass_by_sign",
+            "Gradient mass Σ|w| (solid A>0, dashed A<0; mean over seeds)".to_string(),
+            "mass per optimizer step",
+            pair(|c| &c.grad_mass_pos, |c| &c.grad_mass_neg, " A>0", " A<0"),
+        ),
+        spec(
+            "grad_share_by_length",
+            "Share of gradient mass: longest (solid) vs shortest (dashed) length quartile"
+                .to_string(),
+            "fraction",
+            pair(
+                |c| &c.grad_share_len_q4,
+                |c| &c.grad_share_len_q1,
+                " Q4",
+                " Q1",
+            ),
+        ),
+        spec(
+            "clip_length_low",
+            "Length of A<0 responses: clipped (solid) vs kept (dashed)".to_string(),
+            "tokens",
+            pair(
+                |c| &c.clip_len_low_clipped,
+                |c| &c.clip_len_low_kept,
+                " clipped",
+                " kept",
+            ),
+        ),
+        spec(
+            "clip_length_high",
+            "Length of A>0 responses: clipped (solid) vs kept (dashed)".to_string(),
+            "tokens",
+            pair(
+                |c| &c.clip_len_high_clipped,
+                |c| &c.clip_len_high_kept,
+                " clipped",
+                " kept",
+            ),
+        ),
+        spec(
+            "len_adv_cov",
+            format!("Cov(length, advantage) over responses carrying gradient{band_note}"),
+            "tokens",
+            seed_series(&groups, &curve(|c| &c.len_adv_cov), false, ""),
+        ),
+        spec(
+            "len_push",
+            format!("First-order length push (> 0 favours longer){band_note}"),
+            "tokens",
+            seed_series(&groups, &curve(|c| &c.len_push), false, ""),
+        ),
+    ];
+    let mut specs = vec![
         spec(
             "response_length",
             "Response length (mean over seeds; band: p10–p90)".to_string(),
@@ -425,7 +539,9 @@ fn plot_specs(cmp: &Comparison) -> Vec<PlotSpec> {
             "tokens",
             by_correct,
         ),
-    ]
+    ];
+    specs.extend(mechanism);
+    specs
 }
 
 /// Writes `compare.json`, `report.md`, `report.html` and `plots/*.{svg,png}` for `runs` into `out_dir`

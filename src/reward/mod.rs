@@ -6,6 +6,9 @@
 //! total = (correct ? `correct_reward` : `incorrect_reward`) + `format_weight`·[answer extracted]
 //!       + overlong, with the DAPO soft overlong penalty (LUSPO eq. 11, verl `dapo` reward manager)
 //!   overlong = min(0, ((L_max − L_buf) − |y|) / L_buf × factor).
+//! `mode = "coin"` replaces the verifier's verdict by a Bernoulli(`coin_p`) draw independent of the text (the
+//! length-bias probe); `flip_prob` then flips the verdict (of either mode) with that probability (label noise).
+//! Both draw from a seeded RNG that the caller owns ([`score_noisy`]).
 //! A truncated response (no end-of-sequence within the budget) gets accuracy 0 unless `score_truncated` is set;
 //! its format and overlong terms are computed as usual.
 
@@ -36,6 +39,24 @@ pub struct RewardConfig {
     pub overlong_factor: f64,
     /// Score the answer of truncated responses too (default false: a truncated response has accuracy 0).
     pub score_truncated: bool,
+    /// Where correctness comes from: `verify` (the task's verifier) or `coin` (a Bernoulli(`coin_p`) draw,
+    /// independent of the response). Default `verify`.
+    pub mode: RewardMode,
+    /// Probability that a `coin` response is correct. Default 0.5.
+    pub coin_p: f64,
+    /// Label noise: probability that the correctness verdict is flipped (after `mode`). Default 0.0.
+    pub flip_prob: f64,
+}
+
+/// Where a response's correctness comes from (`reward.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardMode {
+    /// The task's verifier.
+    #[default]
+    Verify,
+    /// A coin flip with probability `coin_p`, independent of the text.
+    Coin,
 }
 
 impl Default for RewardConfig {
@@ -49,6 +70,9 @@ impl Default for RewardConfig {
             overlong_buffer: 64,
             overlong_factor: 1.0,
             score_truncated: false,
+            mode: RewardMode::Verify,
+            coin_p: 0.5,
+            flip_prob: 0.0,
         }
     }
 }
@@ -74,6 +98,11 @@ impl RewardConfig {
         ] {
             if !v.is_finite() {
                 return Err(input_err!("reward.{k} = {v} must be finite"));
+            }
+        }
+        for (k, v) in [("coin_p", self.coin_p), ("flip_prob", self.flip_prob)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(input_err!("reward.{k} = {v} must be in [0, 1]"));
             }
         }
         if self.overlong {
@@ -133,6 +162,38 @@ pub fn score(
 ) -> RewardBreakdown {
     let v = verifier.check(response_text, answer);
     let correct = v.correct && (!truncated || cfg.score_truncated);
+    with_correctness(cfg, v, correct, response_len_tokens)
+}
+
+/// [`score`] with `mode` and `flip_prob` applied: one `coin_p` draw (coin mode) and one `flip_prob` draw
+/// (when `flip_prob > 0`) from `rng` per response, in that order, so a seeded `rng` gives the same rewards.
+#[allow(clippy::too_many_arguments)]
+pub fn score_noisy(
+    cfg: &RewardConfig,
+    verifier: &Verifier,
+    response_text: &str,
+    answer: &str,
+    response_len_tokens: usize,
+    truncated: bool,
+    rng: &mut impl rand::Rng,
+) -> RewardBreakdown {
+    let v = verifier.check(response_text, answer);
+    let mut correct = match cfg.mode {
+        RewardMode::Verify => v.correct && (!truncated || cfg.score_truncated),
+        RewardMode::Coin => rng.random_bool(cfg.coin_p),
+    };
+    if cfg.flip_prob > 0.0 && rng.random_bool(cfg.flip_prob) {
+        correct = !correct;
+    }
+    with_correctness(cfg, v, correct, response_len_tokens)
+}
+
+fn with_correctness(
+    cfg: &RewardConfig,
+    v: Verdict,
+    correct: bool,
+    response_len_tokens: usize,
+) -> RewardBreakdown {
     let accuracy = if correct { 1.0 } else { 0.0 };
     let format_ok = v.extracted.is_some();
     let format = if format_ok { cfg.format_weight } else { 0.0 };

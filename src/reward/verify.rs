@@ -43,6 +43,9 @@ pub enum Extractor {
     AnswerLine,
     /// The last `<answer>..</answer>`.
     Tag,
+    /// The last number anywhere in the response (`-12`, `1,000`, `3.5`), lm-eval's and TRL's "flexible
+    /// extraction": for models that do not follow an answer format.
+    LastNumber,
 }
 
 /// How a task's responses are checked against the gold answer.
@@ -189,8 +192,17 @@ pub fn extract(text: &str, x: Extractor) -> Option<String> {
                 .trim()
                 .to_string()
         }
+        Extractor::LastNumber => extract_last_number(text)?,
     };
     (!s.is_empty()).then_some(s)
+}
+
+/// The last number in `text` (lm-eval gsm8k's flexible-extract regex: an optional `-`, digits with optional
+/// `,` thousands groups and one decimal part), with its thousands separators removed.
+pub fn extract_last_number(text: &str) -> Option<String> {
+    let re = cached_regex!(r"-?[0-9][0-9,]*(?:\.[0-9]+)?")?;
+    let m = re.find_iter(text).last()?.as_str();
+    Some(m.trim_end_matches(',').replace(',', ""))
 }
 
 /// The content of the last `\boxed{..}` / `\fbox{..}` (brace matched) or `\boxed x`.

@@ -13,6 +13,7 @@
 //!   and `direct`; the answer is an expression checked by [`crate::reward::Verifier::Countdown`].
 //! - `wordproblem`: English one/two-step arithmetic word problems as chat messages (for real tokenizers),
 //!   answers `#### N` or `\boxed{N}`, checked by the math verifier.
+//! - `arith`: `What is 23 + 48?` as a chat message (real instruct models, free-text answers, no demos).
 //! - `jsonl` / `parquet`: files (see [`files`]); the math verifier.
 //!
 //! Train/eval disjointness for procedural families: a problem belongs to the eval split iff a fixed 64-bit hash
@@ -20,6 +21,7 @@
 //! so the same problem never appears in both splits, whatever the seeds.
 
 mod addition;
+mod arith;
 mod countdown;
 pub mod files;
 mod parity;
@@ -94,7 +96,7 @@ pub enum Split {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskConfig {
-    /// Family or reader: `parity`, `addition`, `countdown`, `wordproblem`, `jsonl`, `parquet`. Default `parity`.
+    /// Family or reader: `parity`, `addition`, `countdown`, `wordproblem`, `arith`, `jsonl`, `parquet`. Default `parity`.
     pub name: String,
     /// Share of the procedural problem space held out for evaluation (by hash of the problem id), or of a file's rows
     /// when no `eval_path` is given. Default 0.1.
@@ -107,6 +109,11 @@ pub struct TaskConfig {
     /// Probability of inserting a `.` filler token after each character of a demo's work (not of its answer).
     /// Default 0.0.
     pub filler_prob: f64,
+    /// PAR: fewest `.` pad characters before a demo's work (a correctness-irrelevant scratchpad). Default 0.
+    pub pad_min: usize,
+    /// PAR: most `.` pad characters; each demo draws its count uniformly in `pad_min..=pad_max`, so the warm
+    /// start's responses spread in length while correctness does not depend on it. Default 0.
+    pub pad_max: usize,
     /// PAR: fewest bits. Default 8.
     pub n_bits_min: usize,
     /// PAR: most bits. Default 16.
@@ -133,6 +140,10 @@ pub struct TaskConfig {
     pub wp_max_value: u32,
     /// Word problems: how the answer must be given, `hash` (`#### N`) or `boxed` (`\boxed{N}`). Default `hash`.
     pub wp_answer_format: String,
+    /// Arith: smallest operand. Default 10.
+    pub arith_min: u64,
+    /// Arith: largest operand. Default 99.
+    pub arith_max: u64,
     /// Files: the train file (format from `name`: `jsonl` or `parquet`). Default empty.
     pub path: String,
     /// Files: a separate eval file; when set, all of `path` is train and all of `eval_path` is eval. Default empty.
@@ -163,6 +174,8 @@ impl Default for TaskConfig {
             eval_size: 200,
             style_weights: BTreeMap::new(),
             filler_prob: 0.0,
+            pad_min: 0,
+            pad_max: 0,
             n_bits_min: 8,
             n_bits_max: 16,
             modulus: 2,
@@ -176,6 +189,8 @@ impl Default for TaskConfig {
             cd_exactly_once: true,
             wp_max_value: 50,
             wp_answer_format: "hash".into(),
+            arith_min: 10,
+            arith_max: 99,
             path: String::new(),
             eval_path: String::new(),
             prompt_key: String::new(),
@@ -259,6 +274,13 @@ pub fn build(cfg: &TaskConfig) -> Result<Box<dyn Task>> {
             cfg.eval_fraction
         ));
     }
+    if cfg.pad_min > cfg.pad_max || cfg.pad_max > 4096 {
+        return Err(input_err!(
+            "task.pad_min/max = {}/{} must satisfy 0 <= min <= max <= 4096",
+            cfg.pad_min,
+            cfg.pad_max
+        ));
+    }
     if !(0.0..1.0).contains(&cfg.filler_prob) {
         return Err(input_err!(
             "task.filler_prob = {} must be in [0, 1)",
@@ -270,9 +292,10 @@ pub fn build(cfg: &TaskConfig) -> Result<Box<dyn Task>> {
         "addition" => Ok(Box::new(addition::Addition::new(cfg)?)),
         "countdown" => Ok(Box::new(countdown::Countdown::new(cfg)?)),
         "wordproblem" => Ok(Box::new(wordproblem::WordProblem::new(cfg)?)),
+        "arith" => Ok(Box::new(arith::Arith::new(cfg)?)),
         "jsonl" | "parquet" => Ok(Box::new(files::FileTask::load(cfg)?)),
         other => Err(input_err!(
-            "task.name = `{other}` is unknown (expected parity, addition, countdown, wordproblem, jsonl, parquet)"
+            "task.name = `{other}` is unknown (expected parity, addition, countdown, wordproblem, arith, jsonl, parquet)"
         )),
     }
 }
@@ -403,6 +426,15 @@ pub(crate) fn with_filler(work: &str, answer: &str, p: f64, rng: &mut TaskRng) -
     out.push_str("####");
     out.push_str(answer);
     out
+}
+
+/// `text` after `k` `.` characters, `k` uniform in `lo..=hi` (no draw when `hi` is 0).
+pub(crate) fn with_pad(text: String, lo: usize, hi: usize, rng: &mut TaskRng) -> String {
+    if hi == 0 {
+        return text;
+    }
+    let k = rng.random_range(lo..=hi);
+    ".".repeat(k) + &text
 }
 
 /// Length bound of `work` characters after filler insertion with probability `p` (mean + 4 sd, at most 2×).

@@ -8,7 +8,7 @@ use rand::Rng;
 
 use super::{
     draw_in_split, draw_many, filler_bound, parse_g, style_mix_from, text_prompt, with_filler,
-    Problem, Prompt, Split, Task, TaskConfig, TaskRng,
+    with_pad, Problem, Prompt, Split, Task, TaskConfig, TaskRng,
 };
 use crate::reward::Verifier;
 use crate::{input_err, Result};
@@ -22,6 +22,7 @@ pub struct Parity {
     q: u32,
     eval_fraction: f64,
     filler_prob: f64,
+    pad: (usize, usize),
     mix: Vec<(String, f64)>,
 }
 
@@ -50,6 +51,7 @@ impl Parity {
             q: cfg.modulus,
             eval_fraction: cfg.eval_fraction,
             filler_prob: cfg.filler_prob,
+            pad: (cfg.pad_min, cfg.pad_max),
             mix,
         })
     }
@@ -111,12 +113,8 @@ impl Task for Parity {
             }
             out
         };
-        Ok(with_filler(
-            &work,
-            &answer.to_string(),
-            self.filler_prob,
-            rng,
-        ))
+        let text = with_filler(&work, &answer.to_string(), self.filler_prob, rng);
+        Ok(with_pad(text, self.pad.0, self.pad.1, rng))
     }
     fn style_of(&self, problem: &Problem, response: &str) -> Option<String> {
         let n = self.digits(problem).ok()?.len();
@@ -154,7 +152,7 @@ impl Task for Parity {
             })
             .max()
             .unwrap_or(0);
-        filler_bound(longest, self.filler_prob) + 4 + 1
+        filler_bound(longest, self.filler_prob) + self.pad.1 + 4 + 1
     }
     fn difficulty_of(&self, problem: &Problem) -> Option<usize> {
         self.digits(problem).ok().map(|d| d.len())

@@ -6,6 +6,7 @@
 //! - `sft`: the supervised warm start and its cache.
 //! - `eval`: held-out evaluation.
 //! - `length_schedule`: SIRI schedules of the new-token cap.
+//! - `mechanism`: per-step gradient mass, clipped lengths and length push (the length-bias mechanism).
 //! - `policy`: the trained model (tiny built-in or loaded), prompt encoding, sampling.
 //! - `optim`: AdamW with saveable moments, gradient-norm clipping, warm-up schedule.
 //! - `checkpoint`: atomic checkpoints and resume state.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod eval;
 pub mod files;
 pub mod length_schedule;
+pub mod mechanism;
 pub mod optim;
 pub mod policy;
 pub mod progress;

@@ -7,6 +7,7 @@ use super::checkpoint::{self, TrainState};
 use super::config::{RunConfig, WarmupUnit};
 use super::eval::{evaluate, EvalSet};
 use super::files::{derive_seed, io_err, read_jsonl, write_json, JsonlLog};
+use super::mechanism::{self, Mechanism};
 use super::optim::{lr_at, AdamW, AdamWParams, Grads};
 use super::policy::Policy;
 use super::progress::{summary_table, Mode, Progress};
@@ -429,9 +430,18 @@ fn score_response(
     ids: &[u32],
     answer: &str,
     truncated: bool,
+    rng_reward: &mut ChaCha8Rng,
 ) -> Result<(RewardBreakdown, Response)> {
     let text = ctx.policy.decode(ids)?;
-    let r = reward::score(&ctx.reward, verifier, &text, answer, ids.len(), truncated);
+    let r = reward::score_noisy(
+        &ctx.reward,
+        verifier,
+        &text,
+        answer,
+        ids.len(),
+        truncated,
+        rng_reward,
+    );
     let extracted = if ctx.control.needs_answers() {
         verifier.check(&text, answer).extracted
     } else {
@@ -567,6 +577,9 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     let has_engine = ctx.policy.engine.is_some();
     let mut params = ctx.params.clone();
     params.max_new_tokens = cfg.rollout.max_new_tokens_at(step);
+    // Coin rewards and label noise: a stream per step, so a resumed run draws the same rewards.
+    let mut rng_reward =
+        ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, &format!("reward-{step}")));
     let mut step_groups: Vec<Group> = vec![];
     let micro = if cfg.train.micro_batch_size == 0 {
         cfg.mini_batch_size()
@@ -611,7 +624,14 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                 let c = &outs[pi * g + gi];
                 generated_tokens += c.ids.len();
                 let truncated = !c.finished;
-                let (r, resp) = score_response(ctx, &verifier, &c.ids, &problem.answer, truncated)?;
+                let (r, resp) = score_response(
+                    ctx,
+                    &verifier,
+                    &c.ids,
+                    &problem.answer,
+                    truncated,
+                    &mut rng_reward,
+                )?;
                 responses.push(resp);
                 samples.push(Sample {
                     group,
@@ -642,7 +662,8 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                 let s = &mut samples[i];
                 s.response.truncate(t);
                 let answer = &problems[gl].answer;
-                let (r, resp) = score_response(ctx, &verifier, &s.response, answer, false)?;
+                let (r, resp) =
+                    score_response(ctx, &verifier, &s.response, answer, false, &mut rng_reward)?;
                 let s = &mut samples[i];
                 s.reward = r;
                 s.shaped = r.total;
@@ -762,6 +783,20 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     let mut norms = vec![];
     let mut skipped = 0u64;
     let mut lr_used = current_lr(cfg, state);
+    let train_len = |s: &Sample| {
+        if s.train {
+            s.response.len() as f64
+        } else {
+            0.0
+        }
+    };
+    let mut mech = Mechanism::new(
+        &trainable
+            .iter()
+            .map(|&i| train_len(&samples[i]))
+            .filter(|&l| l > 0.0)
+            .collect::<Vec<_>>(),
+    );
     for _epoch in 0..cfg.train.ppo_epochs {
         let mut order = trainable.clone();
         if cfg.train.shuffle {
@@ -782,6 +817,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
             let mut finite = true;
             let mut loss_sum = 0f64;
             let mut mstats: Vec<(ObjectiveStats, f64)> = vec![];
+            let mut mparts = vec![];
             for part in mbatch.chunks(micro.max(1)) {
                 let refs: Vec<&Sample> = part.iter().map(|&i| &samples[i]).collect();
                 let part_seqs = refs.iter().filter(|s| s.train).count();
@@ -811,6 +847,13 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                     },
                 };
                 let o = objective::policy_loss_resolved(&ctx.obj, &inputs)?;
+                let weights = |unclipped| mechanism::seq_weights(&ctx.obj, &inputs, unclipped);
+                mparts.push((
+                    refs.iter().map(|s| train_len(s)).collect::<Vec<_>>(),
+                    refs.iter().map(|s| s.advantage).collect::<Vec<_>>(),
+                    weights(false)?,
+                    weights(true)?,
+                ));
                 let l = o.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 if !l.is_finite() {
                     finite = false;
@@ -837,6 +880,10 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
             }
             norms.push(outcome.grad_norm);
             losses.push(loss_sum);
+            for (l, a, w, wu) in &mparts {
+                mech.add(l, a, w, wu);
+            }
+            mech.end_optimizer_step();
             let w: f64 = mstats.iter().map(|(_, w)| w).sum();
             let mut s = ObjectiveStats::default();
             let mut kl = 0.0;
@@ -875,6 +922,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     let (len_mean, p10, p90, len_max) = lengths_stats(&mut lens);
     let correct = |s: &&Sample| s.reward.accuracy > 0.5;
     let seconds = t0.elapsed().as_secs_f64();
+    let ms = mech.finish();
     let mut m = StepMetrics {
         step,
         reward_mean,
@@ -924,6 +972,21 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
         skipped_updates: skipped,
         tokens_per_s: (generated_tokens + trained_tokens) as f64 / seconds.max(1e-9),
         step_seconds: seconds,
+        grad_mass_pos: ms.grad_mass_pos,
+        grad_mass_neg: ms.grad_mass_neg,
+        grad_share_len_q1: ms.grad_share_len_q[0],
+        grad_share_len_q2: ms.grad_share_len_q[1],
+        grad_share_len_q3: ms.grad_share_len_q[2],
+        grad_share_len_q4: ms.grad_share_len_q[3],
+        clip_len_low_clipped: ms.clip_len_low[0],
+        clip_len_low_kept: ms.clip_len_low[1],
+        clip_len_high_clipped: ms.clip_len_high[0],
+        clip_len_high_kept: ms.clip_len_high[1],
+        len_adv_cov: ms.len_adv_cov,
+        len_push: ms.len_push[0],
+        len_push_reward: ms.len_push[1],
+        len_push_weighting: ms.len_push[2],
+        len_push_clip: ms.len_push[3],
         ..StepMetrics::default()
     };
     if let Some((diff, kl, tis)) = engine_stats {
