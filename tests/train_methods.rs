@@ -151,6 +151,10 @@ fn every_control_config_loads_and_names_its_method() {
                 cfg.rollout.length_schedule,
                 luspo::train::length_schedule::LengthSchedule::Siri
             );
+        } else if cfg.control.method != luspo::control::MethodName::None {
+            // A reward/advantage-side method (`[control]`): its config names it there.
+            let name = serde_json::to_value(cfg.control.method).unwrap();
+            assert_eq!(name.as_str(), Some(stem.as_str()), "{}", p.display());
         } else {
             assert_eq!(cfg.objective.name, stem, "{}", p.display());
         }
@@ -159,6 +163,24 @@ fn every_control_config_loads_and_names_its_method() {
     seen.sort();
     assert_eq!(
         seen,
-        ["delta_l", "dispo", "drpo", "llds", "siri", "spine", "ulorl"]
+        [
+            "canon",
+            "ceeh",
+            "da_dler",
+            "delta_l",
+            "dispo",
+            "dler",
+            "dot",
+            "drpo",
+            "grpo_lambda",
+            "hapo",
+            "l_grpo",
+            "llds",
+            "pear",
+            "siri",
+            "spine",
+            "ttrl",
+            "ulorl"
+        ]
     );
 }

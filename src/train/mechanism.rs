@@ -30,7 +30,7 @@ pub struct SeqWeight {
     pub zero_tokens: usize,
 }
 
-/// Per-response weights of one mini-batch, for the same inputs the objective trains on (ref log-probs and the
+/// Per-response weights of one mini-batch, for the same inputs the objective trains on (the KL term and the
 /// entropy bonus are left out); `unclipped` switches the clip off. Rows with an empty mask get zeros.
 pub fn seq_weights(
     obj: &ResolvedObjective,
@@ -51,6 +51,8 @@ pub fn seq_weights(
     let lp = Var::from_tensor(&f(inputs.logp)?)?;
     let (old, mask, adv) = (f(inputs.old_logp)?, f(inputs.mask)?, f(inputs.advantages)?);
     let token_weights = inputs.token_weights.map(f).transpose()?;
+    // Detached: SPINE and UloRL select tokens by entropy; the entropy bonus itself is off here.
+    let entropy = inputs.entropy.map(f).transpose()?;
     let out = objective::policy_loss_resolved(
         &o,
         &PolicyInputs {
@@ -59,7 +61,7 @@ pub fn seq_weights(
             mask: &mask,
             advantages: &adv,
             ref_logp: None,
-            entropy: None,
+            entropy: entropy.as_ref(),
             groups: inputs.groups,
             token_weights: token_weights.as_ref(),
             global_counts: inputs.global_counts,
