@@ -10,28 +10,25 @@ use luspo::train::{train, Outcome, TrainOptions};
 use serde_json::Value;
 use std::path::Path;
 
+mod common;
+
 fn cfg(cache: &Path, extra: &[&str]) -> RunConfig {
-    let mut sets: Vec<String> = [
-        "model.layers=1",
-        "model.hidden=32",
-        "model.heads=2",
-        "model.max_position=64",
-        "task.name=\"parity\"",
-        "task.n_bits_min=3",
-        "task.n_bits_max=5",
-        "task.eval_size=8",
-        "sft.steps=50",
-        "sft.batch_size=16",
-        "rollout.prompts_per_step=2",
-        "rollout.group_size=4",
-        "rollout.max_new_tokens=12",
-        "train.steps=4",
-        "eval.every=2",
-        "checkpoint.every=1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut sets = common::tiny_model_sets();
+    sets.extend(
+        [
+            "task.eval_size=8",
+            "sft.steps=50",
+            "sft.batch_size=16",
+            "rollout.prompts_per_step=2",
+            "rollout.group_size=4",
+            "rollout.max_new_tokens=12",
+            "train.steps=4",
+            "eval.every=2",
+            "checkpoint.every=1",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     sets.push(format!("sft.cache_dir={:?}", cache.display().to_string()));
     sets.extend(extra.iter().map(|s| s.to_string()));
     RunConfig::load(None, &sets).unwrap()

@@ -9,34 +9,32 @@ use luspo::train::progress::Mode;
 use luspo::train::{train, Outcome, TrainOptions};
 use std::path::{Path, PathBuf};
 
+mod common;
+
 /// A run that takes a few seconds: 1-layer d=32 model, 100 SFT steps, 2 prompts × 4 samples, 4 RL steps.
 fn tiny_sets(cache_dir: &Path) -> Vec<String> {
-    [
-        "model.layers=1",
-        "model.hidden=32",
-        "model.heads=2",
-        "model.max_position=64",
-        "task.name=\"parity\"",
-        "task.n_bits_min=3",
-        "task.n_bits_max=5",
-        "task.eval_size=8",
-        "sft.steps=100",
-        "sft.batch_size=16",
-        "sft.lr=1e-2",
-        "rollout.prompts_per_step=2",
-        "rollout.group_size=4",
-        "rollout.max_new_tokens=12",
-        "train.steps=4",
-        "eval.every=2",
-        "optim.lr=3e-3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!(
+    let mut sets = common::tiny_model_sets();
+    sets.extend(
+        [
+            "task.eval_size=8",
+            "sft.steps=100",
+            "sft.batch_size=16",
+            "sft.lr=1e-2",
+            "rollout.prompts_per_step=2",
+            "rollout.group_size=4",
+            "rollout.max_new_tokens=12",
+            "train.steps=4",
+            "eval.every=2",
+            "optim.lr=3e-3",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    sets.push(format!(
         "sft.cache_dir={:?}",
         cache_dir.display().to_string()
-    )])
-    .collect()
+    ));
+    sets
 }
 
 fn cfg_with(cache: &Path, extra: &[&str]) -> RunConfig {

@@ -10,30 +10,27 @@ use luspo::train::progress::Mode;
 use luspo::train::{train, TrainOptions};
 use std::path::Path;
 
+mod common;
+
 /// 1-layer d=32 model, 60 SFT steps, 2 prompts × 4 samples, 3 RL steps.
 fn run(dir: &Path, extra: &[&str]) -> (Vec<StepMetrics>, Vec<RolloutRecord>) {
-    let mut sets: Vec<String> = [
-        "model.layers=1",
-        "model.hidden=32",
-        "model.heads=2",
-        "model.max_position=64",
-        "task.name=\"parity\"",
-        "task.n_bits_min=3",
-        "task.n_bits_max=5",
-        "task.eval_size=4",
-        "sft.steps=60",
-        "sft.batch_size=16",
-        "sft.lr=1e-2",
-        "rollout.prompts_per_step=2",
-        "rollout.group_size=4",
-        "rollout.max_new_tokens=16",
-        "train.steps=3",
-        "eval.every=0",
-        "optim.lr=3e-3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut sets = common::tiny_model_sets();
+    sets.extend(
+        [
+            "task.eval_size=4",
+            "sft.steps=60",
+            "sft.batch_size=16",
+            "sft.lr=1e-2",
+            "rollout.prompts_per_step=2",
+            "rollout.group_size=4",
+            "rollout.max_new_tokens=16",
+            "train.steps=3",
+            "eval.every=0",
+            "optim.lr=3e-3",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     sets.push(format!(
         "sft.cache_dir={:?}",
         dir.join("cache").display().to_string()
