@@ -797,8 +797,14 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
         }
     }
 
-    let engine_stats =
-        has_engine.then(|| engine_corrections(&mut samples, &trainable, cfg.rollout.tis_cap));
+    let engine_stats = has_engine.then(|| {
+        engine_corrections(
+            &mut samples,
+            &trainable,
+            cfg.rollout.tis_cap,
+            cfg.rollout.tis_mode,
+        )
+    });
 
     // ppo_epochs over shuffled mini-batches.
     let mut stats: Vec<ObjectiveStats> = vec![];
@@ -1052,12 +1058,14 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     Ok(m)
 }
 
-/// Engine vs trainer on the trainable samples: (mean |Δ log p|, KL), and with `tis_cap` > 0 each advantage
-/// scaled by its sequence's truncated importance weight (returns their mean).
+/// Engine vs trainer on the trainable samples: (mean |Δ log p|, KL), and with `tis_cap` > 0 the importance
+/// correction of `tis_mode`: each advantage scaled by its sequence's weight, or each token's loss weight by its
+/// token's (returns the mean weight over sequences or tokens).
 fn engine_corrections(
     samples: &mut [Sample],
     trainable: &[usize],
     tis_cap: f64,
+    tis_mode: crate::engine::TisMode,
 ) -> (f64, f64, Option<f64>) {
     let (mut eng, mut tr) = (vec![], vec![]);
     for &i in trainable {
@@ -1070,17 +1078,29 @@ fn engine_corrections(
     if tis_cap <= 0.0 {
         return (diff, kl, None);
     }
-    let mut sum = 0.0;
+    let (mut sum, mut n) = (0.0, 0usize);
     for &i in trainable {
         let s = &mut samples[i];
-        let w = s
-            .engine_lp
-            .as_ref()
-            .map_or(1.0, |e| crate::engine::tis_weight(e, &s.old_lp, tis_cap));
-        s.advantage *= w;
-        sum += w;
+        let Some(e) = &s.engine_lp else {
+            sum += 1.0;
+            n += 1;
+            continue;
+        };
+        let w = tis_mode.weights(e, &s.old_lp, tis_cap);
+        sum += w.iter().sum::<f64>();
+        n += w.len();
+        if tis_mode.per_token() {
+            let tw = s
+                .token_weights
+                .get_or_insert_with(|| vec![1.0; s.response.len()]);
+            for (x, wt) in tw.iter_mut().zip(&w) {
+                *x *= *wt as f32;
+            }
+        } else {
+            s.advantage *= w[0];
+        }
     }
-    (diff, kl, Some(sum / trainable.len().max(1) as f64))
+    (diff, kl, Some(sum / n.max(1) as f64))
 }
 
 /// The learning rate of the next optimizer step.
