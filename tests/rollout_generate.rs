@@ -484,3 +484,59 @@ fn host_decode_step_matches_forward_cached() {
         assert!(DecodeState::from_cache(&m64, &c64).unwrap().is_none());
     }
 }
+
+#[test]
+fn f16_decoding_equals_f32_on_f16_weights_and_stays_close_otherwise() {
+    // On weights that f16 represents exactly, decoding with f16 copies is the same arithmetic: the same greedy
+    // tokens and (up to summation order where gemm runs for > 8 rows in f32) the same log-probs.
+    for kind in ["llama", "llama_tied", "llama_bias", "qwen2"] {
+        let cfg = tiny_config(kind);
+        let (mut model, varmap) = tiny_model(&cfg, DType::F32, 5);
+        for var in varmap.all_vars() {
+            let r = var
+                .as_tensor()
+                .to_dtype(DType::F16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            var.set(&r).unwrap();
+        }
+        for rows in [4usize, 10] {
+            let p: Vec<Vec<u32>> = (0..rows)
+                .map(|r| ids(2 + r % 4, cfg.vocab_size, r as u64 + 1))
+                .collect();
+            let run = |m: &Transformer| {
+                generate(m, &p, &greedy(8), &mut ChaCha8Rng::seed_from_u64(0)).unwrap()
+            };
+            model.set_decode_f16(false);
+            let a = run(&model);
+            model.set_decode_f16(true);
+            let b = run(&model);
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x.ids, y.ids, "{kind}, {rows} rows");
+                for (u, v) in x.logprobs.iter().zip(&y.logprobs) {
+                    assert!((u - v).abs() < 1e-5, "{kind}, {rows} rows: {u} vs {v}");
+                }
+            }
+        }
+    }
+    // On general f32 weights the f16 copies round each weight by at most 2^-11 relative: log-probs stay close.
+    let cfg = tiny_config("llama");
+    let (mut model, _) = tiny_model(&cfg, DType::F32, 5);
+    let p = prompts(cfg.vocab_size);
+    let a = generate(&model, &p, &greedy(6), &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+    model.set_decode_f16(true);
+    let b = generate(&model, &p, &greedy(6), &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+    let gap = a
+        .iter()
+        .zip(&b)
+        .flat_map(|(x, y)| {
+            x.logprobs
+                .iter()
+                .zip(&y.logprobs)
+                .take_while(|_| x.ids == y.ids)
+        })
+        .map(|(u, v)| (u - v).abs())
+        .fold(0f32, f32::max);
+    assert!(gap < 1e-2, "f16 decoding moved a log-prob by {gap}");
+}

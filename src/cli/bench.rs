@@ -40,6 +40,9 @@ pub struct BenchArgs {
     /// Use candle's composed differentiable ops on the training path (the slow reference) instead of `crate::ops`.
     #[arg(long)]
     pub composed: bool,
+    /// Decode with f16 copies of the weight matrices (`rollout.decode_f16`); prefill and training stay f32.
+    #[arg(long)]
+    pub decode_f16: bool,
     /// Device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -118,6 +121,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
     model.set_reference_ops(args.composed);
+    model.set_decode_f16(args.decode_f16);
     let config = model.config.clone();
     let nparams: usize = model
         .named_parameters()
@@ -125,7 +129,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .map(|(_, t)| t.elem_count())
         .sum();
     println!(
-        "model: {} layers, d={}, heads {}/{}, ffn {}, vocab {}, {:.2} M params, f32, rayon threads {}, {} ops",
+        "model: {} layers, d={}, heads {}/{}, ffn {}, vocab {}, {:.2} M params, f32{}, rayon threads {}, {} ops",
         config.num_hidden_layers,
         config.hidden_size,
         config.num_attention_heads,
@@ -133,6 +137,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         config.intermediate_size,
         config.vocab_size,
         nparams as f64 / 1e6,
+        if args.decode_f16 {
+            " (f16 decoding)"
+        } else {
+            ""
+        },
         candle_core::utils::get_num_threads(),
         if args.composed { "composed" } else { "fused" }
     );

@@ -10,6 +10,7 @@
 use super::transformer::{KvCache, Transformer};
 use crate::ops::{gemv, SendPtr};
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
 /// KV cache and scratch of host decoding steps for a fixed batch (see the module doc).
@@ -32,11 +33,16 @@ pub struct DecodeState {
     gate: Vec<f32>,
     up: Vec<f32>,
     cs: Vec<f32>,
+    /// With [`Transformer::set_decode_f16`]: f16 copies of the projection and LM-head weights, in the order of
+    /// `Transformer::weights_for_decode` (`None` for the embedding, norms and biases, which stay f32).
+    w16: Option<Vec<Option<Vec<f16>>>>,
 }
 
 /// One weight matrix `(out, in)` and its bias, as host slices.
 struct Lin<'a> {
     w: &'a [f32],
+    /// The same weight in f16, when decoding reads f16 weights.
+    w16: Option<&'a [f16]>,
     b: Option<&'a [f32]>,
     out: usize,
     inp: usize,
@@ -47,7 +53,11 @@ impl Lin<'_> {
     fn apply(&self, x: &[f32], n: usize, y: &mut [f32]) {
         let (k, o) = (self.inp, self.out);
         let y = &mut y[..n * o];
-        if !gemv::small_rows_into(x, n, k, self.w, o, y) {
+        let done = match self.w16 {
+            Some(w16) => gemv::f16_rows_into(x, n, k, w16, o, y),
+            None => gemv::small_rows_into(x, n, k, self.w, o, y),
+        };
+        if !done {
             let par = if n * k * o >= 1 << 18 {
                 gemm::Parallelism::Rayon(rayon::current_num_threads())
             } else {
@@ -88,14 +98,19 @@ impl Lin<'_> {
     }
 }
 
-/// Walks the host slices in the order of `Transformer::weights_for_decode` (`None`: an absent bias).
-struct Cursor<'a>(std::vec::IntoIter<Option<&'a [f32]>>);
+/// Walks the host slices in the order of `Transformer::weights_for_decode` (`None`: an absent bias), with their
+/// f16 copies where decoding has them.
+struct Cursor<'a>(std::vec::IntoIter<(Option<&'a [f32]>, Option<&'a [f16]>)>);
 
 impl<'a> Cursor<'a> {
-    fn opt(&mut self) -> Option<&'a [f32]> {
+    fn next(&mut self) -> (Option<&'a [f32]>, Option<&'a [f16]>) {
         self.0
             .next()
             .expect("weights_for_decode lists every tensor")
+    }
+
+    fn opt(&mut self) -> Option<&'a [f32]> {
+        self.next().0
     }
 
     fn req(&mut self) -> &'a [f32] {
@@ -105,14 +120,39 @@ impl<'a> Cursor<'a> {
 
     /// A weight `(out, inp)` and its optional bias.
     fn lin(&mut self, out: usize, inp: usize) -> Lin<'a> {
-        let w = self.req();
+        let (w, w16) = self.next();
         Lin {
-            w,
+            w: w.expect("weights_for_decode: a required tensor is absent"),
+            w16,
             b: self.opt(),
             out,
             inp,
         }
     }
+}
+
+/// f16 copies of the weight matrices of `Transformer::weights_for_decode` after the embedding (its projections
+/// and LM head), converted in parallel; `None` for the embedding, norms and biases.
+fn f16_copies(model: &Transformer) -> crate::Result<Vec<Option<Vec<f16>>>> {
+    model
+        .weights_for_decode()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match t {
+            Some(t) if i > 0 && t.rank() == 2 => {
+                let g = t.storage_and_layout();
+                let src = host(&g).ok_or_else(|| {
+                    crate::input_err!("decode step: weights are not contiguous f32 on the CPU")
+                })?;
+                let mut dst = vec![f16::ZERO; src.len()];
+                dst.par_chunks_mut(1 << 16)
+                    .zip(src.par_chunks(1 << 16))
+                    .for_each(|(d, s)| d.convert_from_f32_slice(s));
+                Ok(Some(dst))
+            }
+            _ => Ok(None),
+        })
+        .collect()
 }
 
 /// The contiguous f32 CPU data of a read-locked tensor.
@@ -166,6 +206,11 @@ impl DecodeState {
         let k = ks.iter().map(flat).collect::<crate::Result<_>>()?;
         let v = vs.iter().map(flat).collect::<crate::Result<_>>()?;
         let wide = d.max(nh * hd).max(c.intermediate_size);
+        let w16 = if model.decode_f16() && gemv::f16_available() {
+            Some(f16_copies(model)?)
+        } else {
+            None
+        };
         Ok(Some(Self {
             b,
             cap,
@@ -183,6 +228,7 @@ impl DecodeState {
             gate: vec![0.0; b * c.intermediate_size],
             up: vec![0.0; b * c.intermediate_size],
             cs: vec![0.0; b * hd],
+            w16,
         }))
     }
 
@@ -246,8 +292,22 @@ impl DecodeState {
                 None => None,
             });
         }
-        let mut cur = Cursor(sl.into_iter());
-        let (embed, norm, head) = (cur.req(), cur.req(), cur.req());
+        let halves: Vec<Option<&[f16]>> = match &self.w16 {
+            Some(h) => h.iter().map(|v| v.as_deref()).collect(),
+            None => vec![None; sl.len()],
+        };
+        let mut cur = Cursor(sl.into_iter().zip(halves).collect::<Vec<_>>().into_iter());
+        let (embed, norm) = (cur.req(), cur.req());
+        let head = {
+            let (w, w16) = cur.next();
+            Lin {
+                w: w.expect("weights_for_decode: the LM head is absent"),
+                w16,
+                b: None,
+                out: vocab,
+                inp: d,
+            }
+        };
         // RoPE angles of each row's position, in f32 as `Transformer::rope_host`.
         let (inv, af) = model.rope_freqs();
         for (r, &p) in positions.iter().enumerate() {
@@ -343,13 +403,7 @@ impl DecodeState {
         }
         rms_norm(&self.x, norm, eps, &mut self.h[..b * d]);
         logits.resize(b * vocab, 0.0);
-        Lin {
-            w: head,
-            b: None,
-            out: vocab,
-            inp: d,
-        }
-        .apply(&self.h, b, logits);
+        head.apply(&self.h, b, logits);
         self.len += 1;
         Ok(())
     }

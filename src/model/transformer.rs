@@ -221,6 +221,8 @@ pub struct Transformer {
     dtype: DType,
     device: Device,
     reference_ops: bool,
+    /// Host decoding steps read f16 copies of the weight matrices (see `DecodeState`).
+    decode_f16: bool,
 }
 
 /// Per-layer key/value cache for batched generation: preallocated `(B, kv_heads, capacity, head_dim)` buffers.
@@ -394,6 +396,7 @@ impl Transformer {
             dtype: vb.dtype(),
             device: vb.device().clone(),
             reference_ops: false,
+            decode_f16: false,
         })
     }
 
@@ -401,6 +404,18 @@ impl Transformer {
     /// the training path: the slow reference, for tests and `luspo bench --composed`.
     pub fn set_reference_ops(&mut self, on: bool) {
         self.reference_ops = on;
+    }
+
+    /// Makes generation's host decoding steps read f16 copies of the projection and LM-head weights (half the
+    /// bytes of a memory-bound step; f32 products and sums; needs AVX-512, else f32 is used). The copies are made
+    /// once per generation call from the current f32 weights, which training keeps using.
+    pub fn set_decode_f16(&mut self, on: bool) {
+        self.decode_f16 = on;
+    }
+
+    /// Whether host decoding steps read f16 weights.
+    pub fn decode_f16(&self) -> bool {
+        self.decode_f16
     }
 
     /// Whether the training path uses the composed reference ops.

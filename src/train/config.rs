@@ -139,6 +139,9 @@ pub struct RolloutConfig {
     pub stop: Vec<String>,
     /// Sequences per `generate` call (0 = all P·G at once).
     pub generation_batch_size: usize,
+    /// Decode with f16 copies of the weight matrices (CPU with AVX-512; half the bytes per step); the prefill,
+    /// the old log-probs and training stay f32.
+    pub decode_f16: bool,
     /// DAPO dynamic sampling: drop groups whose rewards are all equal and refill from the next prompts.
     pub dynamic_sampling: bool,
     /// Most sampling rounds per step when `dynamic_sampling` is on (then train on what was kept).
@@ -215,6 +218,7 @@ impl Default for RolloutConfig {
             max_new_tokens: 64,
             stop: vec![],
             generation_batch_size: 0,
+            decode_f16: false,
             dynamic_sampling: false,
             max_sampling_rounds: 3,
             mask_truncated: false,

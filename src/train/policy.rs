@@ -81,7 +81,7 @@ impl Policy {
     /// alphabet with weights drawn from `init_seed`.
     pub fn build(cfg: &RunConfig, task: &dyn Task, init_seed: u64) -> Result<Self> {
         let dev = device(&cfg.model.device)?;
-        let m = if cfg.model.path.is_empty() {
+        let mut m = if cfg.model.path.is_empty() {
             let alphabet = task.alphabet().ok_or_else(|| {
                 input_err!(
                     "task.name = {}: a text task needs a real model (set model.path to an HF directory or .gguf)",
@@ -92,6 +92,7 @@ impl Policy {
         } else {
             io::load(Path::new(&cfg.model.path), &dev)?
         };
+        m.model.set_decode_f16(cfg.rollout.decode_f16);
         Ok(Self {
             m,
             use_chat_template: cfg.model.chat_template,
