@@ -100,10 +100,13 @@ impl Lin<'_> {
 
 /// Walks the host slices in the order of `Transformer::weights_for_decode` (`None`: an absent bias), with their
 /// f16 copies where decoding has them.
-struct Cursor<'a>(std::vec::IntoIter<(Option<&'a [f32]>, Option<&'a [f16]>)>);
+struct Cursor<'a>(std::vec::IntoIter<HostWeight<'a>>);
+
+/// One entry of `Transformer::weights_for_decode` on the host: its f32 data and, when decoding has one, its f16 copy.
+type HostWeight<'a> = (Option<&'a [f32]>, Option<&'a [f16]>);
 
 impl<'a> Cursor<'a> {
-    fn next(&mut self) -> (Option<&'a [f32]>, Option<&'a [f16]>) {
+    fn next(&mut self) -> HostWeight<'a> {
         self.0
             .next()
             .expect("weights_for_decode lists every tensor")
