@@ -513,3 +513,39 @@ fn castillo_statistics_match_numpy() {
     close_opt(l.p25, 9.0);
     assert_eq!(analyse_lengths(&[]).castillo_last_step.step, None);
 }
+
+/// Arm labels: objectives when no run has a `[control]` method, methods when all runs share one objective,
+/// `objective+method` otherwise (plain runs keep the objective).
+#[test]
+fn arm_labels_by_objective_or_method() {
+    let run = |objective: &str, method: &str| report::Run {
+        dir: PathBuf::from("x"),
+        objective: objective.into(),
+        method: method.into(),
+        seed: 0,
+        metrics: vec![],
+        evals: vec![],
+        rollouts: vec![],
+        summary: None,
+    };
+    let labels = |rs: &[(&str, &str)]| {
+        let runs: Vec<report::Run> = rs.iter().map(|(o, m)| run(o, m)).collect();
+        report::arm_labels(&runs)
+    };
+    assert_eq!(labels(&[("grpo", "none"), ("gspo", "none")]), ["grpo", "gspo"]);
+    assert_eq!(labels(&[("grpo", "none"), ("grpo", "hapo")]), ["none", "hapo"]);
+    assert_eq!(labels(&[("grpo", "hapo"), ("grpo", "hapo")]), ["hapo", "hapo"]);
+    assert_eq!(
+        labels(&[("grpo", "none"), ("gspo", "hapo")]),
+        ["grpo", "gspo+hapo"]
+    );
+    // compare.json groups by arm and keeps objective and method.
+    let runs = vec![run("grpo", "none"), run("grpo", "dler")];
+    let cmp = report::compare(&runs);
+    let arms: Vec<(&str, &str, &str)> = cmp
+        .by_objective
+        .iter()
+        .map(|o| (o.arm.as_str(), o.objective.as_str(), o.method.as_str()))
+        .collect();
+    assert_eq!(arms, [("none", "grpo", "none"), ("dler", "grpo", "dler")]);
+}
