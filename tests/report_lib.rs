@@ -532,9 +532,18 @@ fn arm_labels_by_objective_or_method() {
         let runs: Vec<report::Run> = rs.iter().map(|(o, m)| run(o, m)).collect();
         report::arm_labels(&runs)
     };
-    assert_eq!(labels(&[("grpo", "none"), ("gspo", "none")]), ["grpo", "gspo"]);
-    assert_eq!(labels(&[("grpo", "none"), ("grpo", "hapo")]), ["none", "hapo"]);
-    assert_eq!(labels(&[("grpo", "hapo"), ("grpo", "hapo")]), ["hapo", "hapo"]);
+    assert_eq!(
+        labels(&[("grpo", "none"), ("gspo", "none")]),
+        ["grpo", "gspo"]
+    );
+    assert_eq!(
+        labels(&[("grpo", "none"), ("grpo", "hapo")]),
+        ["none", "hapo"]
+    );
+    assert_eq!(
+        labels(&[("grpo", "hapo"), ("grpo", "hapo")]),
+        ["hapo", "hapo"]
+    );
     assert_eq!(
         labels(&[("grpo", "none"), ("gspo", "hapo")]),
         ["grpo", "gspo+hapo"]
