@@ -76,7 +76,7 @@ pub struct StepMetrics {
     /// With an engine: KL(engine‖trainer) per token on the engine's samples (k3 estimator).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub engine_kl: Option<f64>,
-    /// With `rollout.tis_cap`: mean truncated importance weight of the trained sequences.
+    /// With `rollout.tis_cap`: mean importance weight of the trained sequences (tokens, for the token modes).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub tis_weight_mean: Option<f64>,
     /// With an engine: wall seconds spent pushing the weights to it before this step's rollouts.

@@ -2,8 +2,9 @@
 //! files written by `luspo export` from SmolLM2-135M (scripts/fetch_smollm2.sh). Greedy tokens through the engine
 //! equal luspo's own on the same weights (f32 and f16 exports; the f16 one made from an HF directory, so both
 //! tokenizer-metadata paths are loaded by llama.cpp); the engine's log-probs agree with luspo's (the measured
-//! gap is printed); a 3-step `luspo train` with `engine = "openai"` syncs its weights by GGUF export + restart and
-//! the engine then serves the updated model. Each test skips (with a note) when the binary or model is missing.
+//! gap is printed); a 3-step `luspo train` with `engine = "openai"` syncs its weights by GGUF export + restart,
+//! loses its engine, resumes for 2 more steps (restarting the engine on the checkpoint's weights), and the engine
+//! then serves the updated model. Each test skips (with a note) when the binary or model is missing.
 
 use luspo::engine::{Engine, EngineKind};
 use luspo::export::{export_gguf, GgufDType};
@@ -273,17 +274,40 @@ fn train_with_openai_engine_syncs_weights_by_export_and_restart() {
         mode: Mode::Quiet,
         interrupt: None,
     };
-    let res = train(&cfg, &opts);
     let kill = || {
         if let Ok(pid) = std::fs::read_to_string(&pidfile) {
             let _ = Command::new("kill").arg(pid.trim()).status();
+            // The hook's next start waits for this one to exit; a kill here must not leave a stale pid behind.
+            let _ = std::fs::remove_file(&pidfile);
         }
     };
+    let first = train(&cfg, &opts);
+    // The run "crashes" with its engine (the server goes away), then resumes from the step-3 checkpoint for 2 more
+    // steps: the resumed trainer must start an engine on the checkpoint's weights before its first rollout.
+    kill();
+    let mut cfg5 = cfg.clone();
+    cfg5.train.steps = 5;
+    // The resumed steps correct per token (verl's token-level TIS) rather than per sequence.
+    cfg5.rollout.tis_mode = luspo::engine::TisMode::TokenTruncate;
+    let res = train(
+        &cfg5,
+        &TrainOptions {
+            resume: true,
+            ..opts.clone()
+        },
+    );
     let engine = client(port, 1);
     let check = || {
+        assert!(matches!(first.as_ref().unwrap(), Outcome::Finished(_)));
         assert!(matches!(res.as_ref().unwrap(), Outcome::Finished(_)));
         let ms: Vec<StepMetrics> = read_jsonl(&out.join("metrics.jsonl")).unwrap();
-        assert_eq!(ms.len(), 3);
+        assert_eq!(
+            ms.iter().map(|m| m.step).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5],
+            "each step logged exactly once across the resume"
+        );
+        // Step 4's sync time is the resumed run's first push (the checkpoint's weights, before any rollout; the
+        // next push is before step 5), and its engine log-probs match the trainer's: the new engine serves them.
         for m in &ms {
             let d = m.engine_logprob_diff.expect("engine_logprob_diff");
             assert!(m.weight_sync_seconds.expect("weight_sync_seconds") > 0.0);
@@ -300,8 +324,8 @@ fn train_with_openai_engine_syncs_weights_by_export_and_restart() {
                 m.step
             );
         }
-        // The engine now serves the last synced weights (after 2 optimizer steps), not the original model.
-        let synced = out.join("engine_weights/step-000002.gguf");
+        // The engine now serves the last synced weights (after 4 optimizer steps), not the original model.
+        let synced = out.join("engine_weights/step-000004.gguf");
         let updated = io::load(&synced, &candle_core::Device::Cpu).unwrap();
         let original = io::load(&src, &candle_core::Device::Cpu).unwrap();
         let ps = prompts(&original);
@@ -332,7 +356,7 @@ fn train_with_openai_engine_syncs_weights_by_export_and_restart() {
             "{to_original} vs {to_updated}"
         );
         let tb = luspo::tb::event_files(&out.join("tb")).unwrap();
-        assert_eq!(tb.len(), 1);
+        assert_eq!(tb.len(), 1, "{tb:?}");
     };
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
     kill();

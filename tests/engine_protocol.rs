@@ -2,7 +2,7 @@
 //! (tests/fixtures/engine/README.md), through a real HTTP round trip to a local stub server.
 
 use luspo::engine::protocol::{self, EngineCompletion};
-use luspo::engine::{mismatch, tis_weight, Engine, EngineKind};
+use luspo::engine::{mismatch, tis_weight, Engine, EngineKind, TisMode};
 use luspo::rollout::SamplingParams;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -210,4 +210,39 @@ fn mismatch_and_tis_by_hand() {
     // Sequence weight: exp(Σ d) = exp(ln 2 + 0) = 2, then capped.
     assert!((tis_weight(&e[0], &t[0], 100.0) - 2.0).abs() < 1e-6);
     assert!((tis_weight(&e[0], &t[0], 1.5) - 1.5).abs() < 1e-9);
+}
+
+#[test]
+fn tis_modes_by_hand() {
+    // Per-token ratios trainer/engine: 0.5/0.25 = 2, 1, 0.5; the sequence ratio is their product, 1.
+    let e = [(0.25f32).ln(), -1.0, (0.2f32).ln()];
+    let t = [(0.5f32).ln(), -1.0, (0.1f32).ln()];
+    let close = |a: &[f64], b: &[f64]| {
+        assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-6, "{a:?} vs {b:?}");
+        }
+    };
+    close(
+        &TisMode::TokenTruncate.weights(&e, &t, 1.5),
+        &[1.5, 1.0, 0.5],
+    );
+    close(&TisMode::TokenMask.weights(&e, &t, 1.5), &[0.0, 1.0, 0.5]);
+    close(&TisMode::SequenceTruncate.weights(&e, &t, 1.5), &[1.0]);
+    close(&TisMode::SequenceMask.weights(&e, &t, 1.5), &[1.0]);
+    // Without the last token the sequence ratio is 2: capped, or masked to 0.
+    close(
+        &TisMode::SequenceTruncate.weights(&e[..2], &t[..2], 1.5),
+        &[1.5],
+    );
+    close(
+        &TisMode::SequenceMask.weights(&e[..2], &t[..2], 1.5),
+        &[0.0],
+    );
+    // The default is the sequence-level TIS of `tis_weight`.
+    assert_eq!(TisMode::default(), TisMode::SequenceTruncate);
+    close(
+        &TisMode::default().weights(&e[..2], &t[..2], 100.0),
+        &[tis_weight(&e[..2], &t[..2], 100.0)],
+    );
 }

@@ -453,3 +453,29 @@ fn every_control_config_trains() {
     }
     assert_eq!(n, 10);
 }
+
+#[test]
+fn on_policy_step_takes_old_logprobs_from_its_training_forward() {
+    // One epoch over one mini-batch: the old log-probs come from the training forward itself (detached), so the
+    // ratio is exactly 1 and nothing is clipped, while the policy still learns and the entropy is still measured.
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let cfg = cfg_with(
+        &cache,
+        &[
+            "train.steps=2",
+            "train.mini_batch_size=8",
+            "train.micro_batch_size=3",
+            "train.ppo_epochs=1",
+            "objective.name=\"gspo\"",
+        ],
+    );
+    let a = tmp.path().join("a");
+    train(&cfg, &opts(&a, false)).unwrap();
+    for m in untimed(&a) {
+        assert_eq!(m.ratio_mean, 1.0, "{m:?}");
+        assert_eq!((m.clip_frac_low, m.clip_frac_high), (0.0, 0.0), "{m:?}");
+        assert_eq!(m.approx_kl, 0.0, "{m:?}");
+        assert!(m.entropy > 0.0 && m.entropy.is_finite(), "{m:?}");
+    }
+}

@@ -73,6 +73,10 @@ pub struct BenchArgs {
     /// RL bench: the objective preset.
     #[arg(long, default_value = "luspo")]
     pub objective: String,
+    /// RL bench: score the old log-probs in a separate no-grad forward (the trainer's behaviour before it took
+    /// them from the on-policy training forward).
+    #[arg(long)]
+    pub recompute_old_logprobs: bool,
 }
 
 /// The tiny benchmark config of issue 3.
@@ -155,6 +159,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             eos: args.eos.clone(),
             objective: args.objective.clone(),
             steps: args.steps,
+            recompute_old: args.recompute_old_logprobs,
         };
         return super::bench_rl::run(&model, &varmap, &w);
     }

@@ -2,9 +2,10 @@
 //!
 //! One step is what `train::rl` does for `prompts × group` responses with `ppo_epochs = 1` and one mini-batch:
 //! sample every response in one generation batch (temperature 1), reward each response (the fraction of its tokens
-//! with an even id: deterministic and free, so the step times the model, not a verifier), GRPO advantages, the old
-//! log-probs from the no-grad training forward in micro-batches, then one optimizer step over all responses, its
-//! gradient accumulated over the micro-batches (LUSPO objective by default), AdamW with clipping.
+//! with an even id: deterministic and free, so the step times the model, not a verifier), GRPO advantages, then one
+//! optimizer step over all responses, its gradient accumulated over the micro-batches (LUSPO objective by default),
+//! the old log-probs taken from that same on-policy forward (as the trainer does), AdamW with clipping.
+//! `--recompute-old-logprobs` scores them in a separate no-grad forward first, as the trainer did before.
 //! `scripts/compare_trl.py` runs the same workload with TRL's `GRPOTrainer`.
 
 use crate::model::Transformer;
@@ -33,6 +34,9 @@ pub struct RlWorkload {
     pub objective: String,
     /// Timed steps (after one warm-up step).
     pub steps: usize,
+    /// Score the old log-probs in a separate no-grad forward, as the trainer did before it took them from the
+    /// on-policy training forward (for a side-by-side measurement of that saving).
+    pub recompute_old: bool,
 }
 
 /// Seconds of one RL step by phase.
@@ -190,7 +194,7 @@ fn step_once(
         .collect();
     let micro = w.micro_batch.max(1);
     let mut old: Vec<Vec<f32>> = vec![];
-    for chunk in rows.chunks(micro) {
+    for chunk in rows.chunks(micro).filter(|_| w.recompute_old) {
         let (batch, ..) = tensors(chunk, None, &device)?;
         let lp: Vec<Vec<f32>> = token_logprobs(model, &batch)?.0.detach().to_vec2()?;
         for (i, (p, c, _)) in chunk.iter().enumerate() {
@@ -203,12 +207,17 @@ fn step_once(
     let split = micro < rows.len();
     let mut grads: Option<Grads> = None;
     for (k, chunk) in rows.chunks(micro).enumerate() {
-        let (batch, old_t, mask, adv_t) = tensors(
-            chunk,
-            Some(&old[k * micro..k * micro + chunk.len()]),
-            &device,
-        )?;
+        let recomputed = w
+            .recompute_old
+            .then(|| &old[k * micro..k * micro + chunk.len()]);
+        let (batch, old_t, mask, adv_t) = tensors(chunk, recomputed, &device)?;
         let (logp, _) = token_logprobs(model, &batch)?;
+        // On-policy, as in `train::rl`: the old log-probs are this forward's, detached.
+        let old_t = if w.recompute_old {
+            old_t
+        } else {
+            logp.detach()
+        };
         let inputs = PolicyInputs {
             logp: &logp,
             old_logp: &old_t,

@@ -236,8 +236,8 @@ pub fn mismatch(engine: &[Vec<f32>], trainer: &[Vec<f32>]) -> (f64, f64) {
 }
 
 /// Sequence-level truncated importance-sampling weight `min(exp(Σ_t trainer_t − engine_t), cap)` (verl's
-/// sequence-level TIS; TRL's `vllm_importance_sampling_correction` is the per-token version): the sampler was
-/// the engine, the objective's old policy the trainer.
+/// sequence-level TIS, TRL's `sequence_truncate`): the sampler was the engine, the objective's old policy the
+/// trainer.
 pub fn tis_weight(engine: &[f32], trainer: &[f32], cap: f64) -> f64 {
     let log_ratio: f64 = engine
         .iter()
@@ -245,4 +245,49 @@ pub fn tis_weight(engine: &[f32], trainer: &[f32], cap: f64) -> f64 {
         .map(|(&e, &t)| t as f64 - e as f64)
         .sum();
     log_ratio.min(cap.ln()).exp()
+}
+
+/// How the engine-vs-trainer importance weight corrects the loss; the names are TRL's
+/// `vllm_importance_sampling_mode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TisMode {
+    /// One weight per sequence, exp(Σ_t trainer_t − engine_t) capped at `tis_cap` (verl's sequence-level TIS).
+    #[default]
+    SequenceTruncate,
+    /// One weight per sequence, the same ratio set to 0 where it exceeds `tis_cap`.
+    SequenceMask,
+    /// One weight per token, min(exp(trainer_t − engine_t), `tis_cap`) (verl's token-level TIS).
+    TokenTruncate,
+    /// One weight per token, the ratio set to 0 where it exceeds `tis_cap`.
+    TokenMask,
+}
+
+impl TisMode {
+    /// Whether each token gets its own weight (else one weight per sequence).
+    pub fn per_token(self) -> bool {
+        matches!(self, Self::TokenTruncate | Self::TokenMask)
+    }
+
+    /// The importance weights of one response: one per token for the token modes, one for the sequence modes.
+    pub fn weights(self, engine: &[f32], trainer: &[f32], cap: f64) -> Vec<f64> {
+        let d = engine
+            .iter()
+            .zip(trainer)
+            .map(|(&e, &t)| t as f64 - e as f64);
+        let log_ratios: Vec<f64> = if self.per_token() {
+            d.collect()
+        } else {
+            vec![d.sum()]
+        };
+        let truncate = matches!(self, Self::SequenceTruncate | Self::TokenTruncate);
+        log_ratios
+            .into_iter()
+            .map(|l| match (truncate, l > cap.ln()) {
+                (true, true) => cap,
+                (false, true) => 0.0,
+                _ => l.exp(),
+            })
+            .collect()
+    }
 }

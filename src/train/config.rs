@@ -178,6 +178,8 @@ pub struct RolloutConfig {
     /// Truncated importance sampling: scale each sequence's advantage by min(π_trainer/π_engine, tis_cap)
     /// over its tokens (0 = off).
     pub tis_cap: f64,
+    /// Per sequence or per token, truncated or masked above `tis_cap` (TRL's `vllm_importance_sampling_mode`).
+    pub tis_mode: crate::engine::TisMode,
 }
 
 impl RolloutConfig {
@@ -231,6 +233,7 @@ impl Default for RolloutConfig {
             sync_command: String::new(),
             sync_format: String::new(),
             tis_cap: 0.0,
+            tis_mode: crate::engine::TisMode::default(),
         }
     }
 }

@@ -557,16 +557,23 @@ fn response_logprobs(
 ) -> Result<(PerToken, PerToken)> {
     let batch = tensors_of(samples, pad, device)?.batch;
     let (logp, ent) = token_logprobs(model, &batch)?;
-    let logp: Vec<Vec<f32>> = logp.detach().to_vec2()?;
-    let ent: Vec<Vec<f32>> = ent.detach().to_vec2()?;
-    let mut lps = vec![];
-    let mut ents = vec![];
-    for (i, s) in samples.iter().enumerate() {
-        let start = s.prompt.len() - 1;
-        lps.push(logp[i][start..start + s.response.len()].to_vec());
-        ents.push(ent[i][start..start + s.response.len()].to_vec());
-    }
-    Ok((lps, ents))
+    Ok((
+        response_values(&logp, samples)?,
+        response_values(&ent, samples)?,
+    ))
+}
+
+/// The response positions of a `(B, T-1)` per-token tensor of `samples`' batch, one vector per sample.
+fn response_values(t: &Tensor, samples: &[&Sample]) -> Result<PerToken> {
+    let rows: Vec<Vec<f32>> = t.detach().to_vec2()?;
+    Ok(samples
+        .iter()
+        .zip(rows)
+        .map(|(s, row)| {
+            let start = s.prompt.len() - 1;
+            row[start..start + s.response.len()].to_vec()
+        })
+        .collect())
 }
 
 fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Result<StepMetrics> {
@@ -771,30 +778,52 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
         .copied()
         .filter(|&i| !samples[i].response.is_empty())
         .collect();
+    let mb = cfg.mini_batch_size().min(trainable.len()).max(1);
+    // On-policy (one epoch, one mini-batch, no engine log-probs to correct against): the only training forward
+    // runs at the weights the old log-probs would be scored at, so they are taken from it, detached (as TRL does
+    // with num_iterations = 1), saving one forward pass of the batch; the values are the same.
+    let on_policy = cfg.train.ppo_epochs == 1
+        && mb >= trainable.len()
+        && !has_engine
+        && trainable.iter().any(|&i| samples[i].train);
     for chunk in trainable.chunks(micro.max(1)) {
         let refs: Vec<&Sample> = chunk.iter().map(|&i| &samples[i]).collect();
-        let (lps, ents) = response_logprobs(ctx.policy.model(), &refs, pad, &ctx.device)?;
         let rlps = match &ctx.reference {
             Some(r) => Some(response_logprobs(r, &refs, pad, &ctx.device)?.0),
             None => None,
         };
-        trained_tokens += refs
-            .iter()
-            .map(|s| s.prompt.len() + s.response.len())
-            .sum::<usize>();
+        let lps = if on_policy {
+            None
+        } else {
+            let (lps, ents) = response_logprobs(ctx.policy.model(), &refs, pad, &ctx.device)?;
+            trained_tokens += refs
+                .iter()
+                .map(|s| s.prompt.len() + s.response.len())
+                .sum::<usize>();
+            for e in &ents {
+                ent_sum += e.iter().map(|&x| x as f64).sum::<f64>();
+                ent_n += e.len();
+            }
+            Some(lps)
+        };
         for (k, &i) in chunk.iter().enumerate() {
-            ent_sum += ents[k].iter().map(|&x| x as f64).sum::<f64>();
-            ent_n += samples[i].response.len();
-            samples[i].old_lp = lps[k].clone();
             samples[i].ref_lp = rlps.as_ref().map(|r| r[k].clone());
+            if let Some(lps) = &lps {
+                samples[i].old_lp = lps[k].clone();
+            }
         }
     }
 
-    let engine_stats =
-        has_engine.then(|| engine_corrections(&mut samples, &trainable, cfg.rollout.tis_cap));
+    let engine_stats = has_engine.then(|| {
+        engine_corrections(
+            &mut samples,
+            &trainable,
+            cfg.rollout.tis_cap,
+            cfg.rollout.tis_mode,
+        )
+    });
 
     // ppo_epochs over shuffled mini-batches.
-    let mb = cfg.mini_batch_size().min(trainable.len()).max(1);
     let mut stats: Vec<ObjectiveStats> = vec![];
     let mut losses = vec![];
     let mut norms = vec![];
@@ -839,10 +868,26 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                 let refs: Vec<&Sample> = part.iter().map(|&i| &samples[i]).collect();
                 let part_seqs = refs.iter().filter(|s| s.train).count();
                 if part_seqs == 0 {
+                    if on_policy {
+                        // Nothing to train here, but the step's entropy covers every response.
+                        let (_, ents) =
+                            response_logprobs(ctx.policy.model(), &refs, pad, &ctx.device)?;
+                        ent_sum += ents.iter().flatten().map(|&x| x as f64).sum::<f64>();
+                        ent_n += ents.iter().map(Vec::len).sum::<usize>();
+                    }
                     continue;
                 }
                 let mbt = tensors_of(&refs, pad, &ctx.device)?;
                 let (logp, ent) = token_logprobs(ctx.policy.model(), &mbt.batch)?;
+                let on_policy_old = if on_policy {
+                    for e in response_values(&ent, &refs)? {
+                        ent_sum += e.iter().map(|&x| x as f64).sum::<f64>();
+                        ent_n += e.len();
+                    }
+                    Some(logp.detach())
+                } else {
+                    None
+                };
                 let groups: Vec<usize> = refs.iter().map(|s| s.group).collect();
                 trained_tokens += refs
                     .iter()
@@ -850,7 +895,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                     .sum::<usize>();
                 let inputs = PolicyInputs {
                     logp: &logp,
-                    old_logp: &mbt.old,
+                    old_logp: on_policy_old.as_ref().unwrap_or(&mbt.old),
                     mask: &mbt.mask,
                     advantages: &mbt.adv,
                     ref_logp: mbt.ref_lp.as_ref(),
@@ -1032,12 +1077,14 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     Ok(m)
 }
 
-/// Engine vs trainer on the trainable samples: (mean |Δ log p|, KL), and with `tis_cap` > 0 each advantage
-/// scaled by its sequence's truncated importance weight (returns their mean).
+/// Engine vs trainer on the trainable samples: (mean |Δ log p|, KL), and with `tis_cap` > 0 the importance
+/// correction of `tis_mode`: each advantage scaled by its sequence's weight, or each token's loss weight by its
+/// token's (returns the mean weight over sequences or tokens).
 fn engine_corrections(
     samples: &mut [Sample],
     trainable: &[usize],
     tis_cap: f64,
+    tis_mode: crate::engine::TisMode,
 ) -> (f64, f64, Option<f64>) {
     let (mut eng, mut tr) = (vec![], vec![]);
     for &i in trainable {
@@ -1050,17 +1097,29 @@ fn engine_corrections(
     if tis_cap <= 0.0 {
         return (diff, kl, None);
     }
-    let mut sum = 0.0;
+    let (mut sum, mut n) = (0.0, 0usize);
     for &i in trainable {
         let s = &mut samples[i];
-        let w = s
-            .engine_lp
-            .as_ref()
-            .map_or(1.0, |e| crate::engine::tis_weight(e, &s.old_lp, tis_cap));
-        s.advantage *= w;
-        sum += w;
+        let Some(e) = &s.engine_lp else {
+            sum += 1.0;
+            n += 1;
+            continue;
+        };
+        let w = tis_mode.weights(e, &s.old_lp, tis_cap);
+        sum += w.iter().sum::<f64>();
+        n += w.len();
+        if tis_mode.per_token() {
+            let tw = s
+                .token_weights
+                .get_or_insert_with(|| vec![1.0; s.response.len()]);
+            for (x, wt) in tw.iter_mut().zip(&w) {
+                *x *= *wt as f32;
+            }
+        } else {
+            s.advantage *= w[0];
+        }
     }
-    (diff, kl, Some(sum / trainable.len().max(1) as f64))
+    (diff, kl, Some(sum / n.max(1) as f64))
 }
 
 /// The learning rate of the next optimizer step.
