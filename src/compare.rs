@@ -1,10 +1,16 @@
-//! `luspo compare`: several objectives trained from one warm start on the same prompts, seeds and data order,
-//! each into its own run directory, then one report (plots, `compare.json`, `report.md`) over all of them.
+//! `luspo compare`: several objectives, or several `[control]` methods under one objective, trained from one warm
+//! start on the same prompts, seeds and data order, each into its own run directory, then one report (plots,
+//! `compare.json`, `report.md`) over all of them.
+//!
+//! Arms: by default one per objective (`--objectives` / `[compare] objectives`). With methods (`--methods` /
+//! `[compare] methods`) one per method, all with the one objective (`--objectives` with a single name, else the
+//! config's `objective.name`) and `control.method = <method>`; `none` is the plain baseline.
 //!
 //! Configuration layering: the embedded `configs/default.toml`, the embedded `configs/compare.toml`, the user's
-//! `--config` file, then per objective its `[compare.overrides.<objective>]` table, then every `--set`, then
-//! `objective.name` and `seed`. The `[compare]` section (objectives, seeds, per-objective overrides) is read here
-//! and never reaches `RunConfig`.
+//! `--config` file, then the arm's objective's `[compare.overrides.<objective>]` table, then (method arms) its
+//! `[compare.overrides.<method>]` table, then every `--set`, then `objective.name`, `control.method` (method arms)
+//! and `seed`. The `[compare]` section (objectives, methods, seeds, overrides) is read here and never reaches
+//! `RunConfig`.
 //!
 //! Sameness across objectives: a run's warm start (SFT cache key), its initial weights and its RL data, rollout and
 //! shuffle RNGs all derive from `seed` alone (`train::files::derive_seed`), never from the objective; `compare`
@@ -13,6 +19,7 @@
 //! Runs are child processes of the same binary (`luspo train --config <resolved> --out DIR/<objective>-s<seed>`)
 //! with `RAYON_NUM_THREADS=1`, `jobs` at a time; their logs go to `DIR/logs/`.
 
+use crate::control::MethodName;
 use crate::objective::Preset;
 use crate::train::config::{apply_sets, merge, RunConfig, DEFAULT_TOML};
 use crate::{input_err, Result};
@@ -31,20 +38,28 @@ pub const COMPARE_TOML: &str = include_str!("../configs/compare.toml");
 pub struct CompareSection {
     /// Objective presets to run (when `--objectives` is not given).
     pub objectives: Vec<String>,
+    /// `[control]` methods to run as arms under one objective (when `--methods` is not given); empty = compare
+    /// objectives.
+    pub methods: Vec<String>,
     /// Seeds per objective (when `--seeds` is not given).
     pub seeds: Option<u64>,
-    /// Per-objective overrides, layered after the config file and before `--set`, e.g. `[compare.overrides.gspo]`.
+    /// Per-objective or per-method overrides, layered after the config file and before `--set`, e.g.
+    /// `[compare.overrides.gspo]`, `[compare.overrides.hapo]`.
     pub overrides: BTreeMap<String, toml::Table>,
 }
 
 /// One run of a comparison.
 #[derive(Debug, Clone)]
 pub struct PlannedRun {
+    /// The arm's label: its objective, or its method when the comparison is over methods.
+    pub arm: String,
     /// Objective preset.
     pub objective: String,
+    /// The `[control]` method (`none` unless the comparison is over methods).
+    pub method: String,
     /// Run seed.
     pub seed: u64,
-    /// Run directory name under the compare directory (`<objective>-s<seed>`).
+    /// Run directory name under the compare directory (`<arm>-s<seed>`).
     pub name: String,
     /// Its fully resolved configuration.
     pub config: RunConfig,
@@ -53,12 +68,25 @@ pub struct PlannedRun {
 /// Everything a comparison will run.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Objectives, in order.
+    /// Objectives, in order (one when the comparison is over methods).
     pub objectives: Vec<String>,
+    /// Methods, in order (empty when the comparison is over objectives).
+    pub methods: Vec<String>,
     /// Seeds, in order.
     pub seeds: Vec<u64>,
-    /// Runs, seed-major (all objectives of the first seed first).
+    /// Runs, seed-major (all arms of the first seed first).
     pub runs: Vec<PlannedRun>,
+}
+
+impl Plan {
+    /// The arm labels, in order: the methods when comparing methods, else the objectives.
+    pub fn arms(&self) -> &[String] {
+        if self.methods.is_empty() {
+            &self.objectives
+        } else {
+            &self.methods
+        }
+    }
 }
 
 fn parse(text: &str, origin: &str) -> Result<toml::Table> {
@@ -75,8 +103,8 @@ fn parse(text: &str, origin: &str) -> Result<toml::Table> {
     Ok(t)
 }
 
-/// Renames the `[compare.overrides.<name>]` tables of one layer to their preset's canonical name, so that
-/// `[compare.overrides.GSPO]` layers over (and applies like) the embedded `[compare.overrides.gspo]`.
+/// Renames the `[compare.overrides.<name>]` tables of one layer to their preset's (or method's) canonical name, so
+/// that `[compare.overrides.GSPO]` layers over (and applies like) the embedded `[compare.overrides.gspo]`.
 fn canonical_overrides(layer: &mut toml::Table, origin: &str) -> Result<()> {
     let Some(toml::Value::Table(ov)) = layer
         .get_mut("compare")
@@ -87,15 +115,17 @@ fn canonical_overrides(layer: &mut toml::Table, origin: &str) -> Result<()> {
     };
     let mut out = toml::Table::new();
     for (k, v) in std::mem::take(ov) {
-        let Some(p) = Preset::from_name(&k) else {
+        let Some(name) = Preset::from_name(&k)
+            .map(|p| p.name())
+            .or_else(|| MethodName::from_name(&k).map(|m| m.name()))
+        else {
             return Err(input_err!(
-                "{origin}: [compare.overrides.{k}]: unknown objective `{k}`"
+                "{origin}: [compare.overrides.{k}]: unknown objective or method `{k}`"
             ));
         };
-        if out.insert(p.name().to_string(), v).is_some() {
+        if out.insert(name.to_string(), v).is_some() {
             return Err(input_err!(
-                "{origin}: [compare.overrides.{k}]: objective `{}` has two override tables",
-                p.name()
+                "{origin}: [compare.overrides.{k}]: `{name}` has two override tables"
             ));
         }
     }
@@ -130,12 +160,42 @@ pub fn parse_objectives(list: &[String]) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Parses `none,hapo,dler` into checked `[control]` method names (one line of error for an unknown or repeated
+/// one).
+pub fn parse_methods(list: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = vec![];
+    for name in list
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let Some(m) = MethodName::from_name(name) else {
+            let names: Vec<&str> = MethodName::ALL.iter().map(|m| m.name()).collect();
+            return Err(input_err!(
+                "--methods: unknown method `{name}` (expected one of: {})",
+                names.join(", ")
+            ));
+        };
+        if out.iter().any(|o| o == m.name()) {
+            return Err(input_err!("--methods: `{name}` is listed twice"));
+        }
+        out.push(m.name().to_string());
+    }
+    if out.is_empty() {
+        return Err(input_err!("--methods: no method given"));
+    }
+    Ok(out)
+}
+
 /// Resolves the runs of a comparison (see the module doc for the layering). `objectives`/`seeds` override the
-/// `[compare]` section; every run config is validated here, before anything runs.
+/// `[compare]` section, and so do `methods` (a comparison over methods); every run config is validated here, before
+/// anything runs.
 pub fn plan(
     config: Option<&Path>,
     sets: &[String],
     objectives: Option<&[String]>,
+    methods: Option<&[String]>,
     seeds: Option<u64>,
 ) -> Result<Plan> {
     let mut table = parse(DEFAULT_TOML, "configs/default.toml (embedded)")?;
@@ -154,13 +214,38 @@ pub fn plan(
             .map_err(|e: toml::de::Error| input_err!("[compare]: {}", e.message().trim()))?,
         None => CompareSection::default(),
     };
+    let methods = match methods {
+        Some(list) => parse_methods(list)?,
+        None if section.methods.is_empty() => vec![],
+        None => parse_methods(&section.methods)?,
+    };
     let objectives = match objectives {
         Some(list) => parse_objectives(list)?,
+        None if !methods.is_empty() => {
+            // The config's objective after the `--set`s (the one every method arm trains with).
+            let mut t = table.clone();
+            apply_sets(&mut t, sets)?;
+            let name = t
+                .get("objective")
+                .and_then(|o| o.get("name"))
+                .and_then(|n| n.as_str())
+                .unwrap_or("luspo")
+                .to_string();
+            let p =
+                Preset::from_name(&name).ok_or_else(|| Preset::unknown("objective.name", &name))?;
+            vec![p.name().to_string()]
+        }
         None if section.objectives.is_empty() => {
             parse_objectives(&["grpo,gspo,luspo".to_string()])?
         }
         None => parse_objectives(&section.objectives)?,
     };
+    if !methods.is_empty() && objectives.len() != 1 {
+        return Err(input_err!(
+            "--methods: a comparison over methods takes one objective, got --objectives {}",
+            objectives.join(",")
+        ));
+    }
     let n_seeds = seeds.or(section.seeds).unwrap_or(1);
     if n_seeds == 0 {
         return Err(input_err!("--seeds: must be ≥ 1"));
@@ -172,33 +257,52 @@ pub fn plan(
     };
     let seed_list: Vec<u64> = (0..n_seeds).map(|i| base_seed + i).collect();
     let mut runs = vec![];
+    // (objective, method) per arm.
+    let arms: Vec<(String, Option<String>)> = if methods.is_empty() {
+        objectives.iter().map(|o| (o.clone(), None)).collect()
+    } else {
+        methods
+            .iter()
+            .map(|m| (objectives[0].clone(), Some(m.clone())))
+            .collect()
+    };
     for &seed in &seed_list {
-        for obj in &objectives {
+        for (obj, method) in &arms {
             let mut t = table.clone();
-            // Override tables are keyed by canonical preset name (see `canonical_overrides`).
+            // Override tables are keyed by canonical preset / method name (see `canonical_overrides`).
             let preset = Preset::from_name(obj).map(|p| p.name());
             if let Some(o) = preset.and_then(|p| section.overrides.get(p)) {
                 merge(&mut t, o.clone());
             }
+            if let Some(o) = method.as_ref().and_then(|m| section.overrides.get(m)) {
+                merge(&mut t, o.clone());
+            }
             let mut all_sets = sets.to_vec();
             all_sets.push(format!("objective.name=\"{obj}\""));
+            if let Some(m) = method {
+                all_sets.push(format!("control.method=\"{m}\""));
+            }
             all_sets.push(format!("seed={seed}"));
             apply_sets(&mut t, &all_sets)?;
-            let origin = format!("compare config of {obj}, seed {seed}");
+            let arm = method.clone().unwrap_or_else(|| obj.clone());
+            let origin = format!("compare config of {arm}, seed {seed}");
             let config = RunConfig::from_toml_str(
                 &toml::to_string(&t).map_err(|e| input_err!("{origin}: {e}"))?,
                 &origin,
             )?;
             runs.push(PlannedRun {
+                name: format!("{arm}-s{seed}"),
+                arm,
                 objective: obj.clone(),
+                method: method.clone().unwrap_or_else(|| "none".into()),
                 seed,
-                name: format!("{obj}-s{seed}"),
                 config,
             });
         }
     }
     Ok(Plan {
         objectives,
+        methods,
         seeds: seed_list,
         runs,
     })
@@ -549,16 +653,17 @@ fn pm(s: &Option<crate::report::Stat>, prec: usize) -> String {
     }
 }
 
-/// The final table: per objective, seeds and held-out accuracy / mean length before → after (mean ± std).
+/// The final table: per arm (objective or method), seeds and held-out accuracy / mean length before → after
+/// (mean ± std).
 pub fn final_table(cmp: &crate::report::Comparison) -> String {
     let mut s = format!(
-        "{:<10} {:>5}  {:>22}  {:>26}\n",
-        "objective", "seeds", "eval acc before → after", "eval length before → after"
+        "{:<11} {:>5}  {:>22}  {:>26}\n",
+        "arm", "seeds", "eval acc before → after", "eval length before → after"
     );
     for o in &cmp.by_objective {
         s += &format!(
-            "{:<10} {:>5}  {:>22}  {:>26}\n",
-            o.objective,
+            "{:<11} {:>5}  {:>22}  {:>26}\n",
+            o.arm,
             o.n_seeds,
             format!(
                 "{} → {}",

@@ -50,6 +50,9 @@ pub struct PolicyInputs<'a> {
     pub groups: Option<&'a [usize]>,
     /// Extra per-token loss weights `(B, T)` (masks are 0/1 weights), multiplying the policy-gradient term.
     pub token_weights: Option<&'a Tensor>,
+    /// Extra per-sequence entropy coefficients `(B,)` (CEEH's λ(x, t)): the loss gets −aggregate(λ_i·H_it), like
+    /// `entropy_coef` but per sequence; needs `entropy`.
+    pub entropy_coefs: Option<&'a Tensor>,
     /// Normalisers of the whole mini-batch when this call sees one micro-batch of it:
     /// `(number of sequences, number of response tokens)`. `None` = this call sees the whole mini-batch.
     pub global_counts: Option<(f64, f64)>,
@@ -921,12 +924,22 @@ pub fn policy_loss_resolved(
             obj.entropy_coef
         ));
     }
+    if inp.entropy_coefs.is_some() && inp.entropy.is_none() {
+        return Err(input_err!(
+            "entropy: per-sequence entropy coefficients but no entropies were given"
+        ));
+    }
     if let Some(e) = inp.entropy {
         check_shape("entropy", e, &dims)?;
         let e = e.to_dtype(dt)?;
         ent_stat = Some(scalar(&valid.where_cond(&e, &zeros)?.sum_all()?)? / n_tok_local.max(1.0));
         if obj.entropy_coef != 0.0 {
             loss = (loss - norm.aggregate(&e)?.affine(obj.entropy_coef, 0.0)?)?;
+        }
+        if let Some(c) = inp.entropy_coefs {
+            check_shape("entropy_coefs", c, &[dims[0]])?;
+            let ce = e.broadcast_mul(&c.to_dtype(dt)?.unsqueeze(1)?)?;
+            loss = (loss - norm.aggregate(&ce)?)?;
         }
         if let Some(band) = methods::spine_band(obj, &masks, &e, &zeros, n_seq)? {
             reg = Some(match reg {

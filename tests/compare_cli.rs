@@ -38,7 +38,14 @@ fn tiny_sets(cache: &Path) -> Vec<String> {
 
 #[test]
 fn plan_layers_overrides_and_sets() {
-    let p = plan(None, &["objective.eps_high=0.5".to_string()], None, Some(2)).unwrap();
+    let p = plan(
+        None,
+        &["objective.eps_high=0.5".to_string()],
+        None,
+        None,
+        Some(2),
+    )
+    .unwrap();
     assert_eq!(p.objectives, vec!["grpo", "gspo", "luspo"]);
     assert_eq!(p.seeds, vec![0, 1]);
     assert_eq!(p.runs.len(), 6);
@@ -67,7 +74,7 @@ fn plan_layers_overrides_and_sets() {
     };
     assert_eq!(strip(&p.runs[0].config), strip(&p.runs[2].config));
     assert_ne!(strip(&p.runs[0].config), strip(&p.runs[3].config));
-    let e = plan(None, &[], Some(&["grpo,foo".to_string()]), None)
+    let e = plan(None, &[], Some(&["grpo,foo".to_string()]), None, None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -214,6 +221,11 @@ fn bad_arguments_exit_2_with_one_line() {
     );
     let e = one_line_error(&["compare", "--objectives", "gspo,gspo", "--out", o]);
     assert!(e.contains("twice"), "{e}");
+    let e = one_line_error(&["compare", "--methods", "none,nope", "--out", o]);
+    assert!(
+        e.contains("unknown method `nope`") && e.contains("hapo"),
+        "{e}"
+    );
     let e = one_line_error(&["compare", "--seeds", "0", "--out", o]);
     assert!(e.contains("--seeds"), "{e}");
     let e = one_line_error(&["compare", "--set", "train.nope=1", "--out", o]);
@@ -235,7 +247,7 @@ fn override_keys_are_matched_by_preset_not_spelling() {
     )
     .unwrap();
     let objs = ["grpo,gspo".to_string()];
-    let p = plan(Some(&path), &[], Some(&objs), Some(1)).unwrap();
+    let p = plan(Some(&path), &[], Some(&objs), None, Some(1)).unwrap();
     for r in &p.runs {
         let o = r.config.objective.resolved().unwrap();
         if r.objective == "gspo" {
@@ -250,8 +262,160 @@ fn override_keys_are_matched_by_preset_not_spelling() {
         "[compare.overrides.GSPO]\nseed = 1\n[compare.overrides.gspo]\nseed = 2\n",
     )
     .unwrap();
-    let e = plan(Some(&path), &[], Some(&objs), Some(1))
+    let e = plan(Some(&path), &[], Some(&objs), None, Some(1))
         .unwrap_err()
         .to_string();
     assert!(e.contains("compare.overrides"), "{e}");
+}
+
+/// `--methods`: one arm per `[control]` method under the config's one objective, `[compare.overrides.<method>]`
+/// layered per arm, run directories and labels by method.
+#[test]
+fn plan_over_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[objective]\nname = \"grpo\"\n[compare]\nmethods = [\"none\", \"hapo\"]\n\
+         [compare.overrides.HAPO.control.hapo]\nw = 0.25\n",
+    )
+    .unwrap();
+    let p = plan(Some(&path), &[], None, None, Some(2)).unwrap();
+    assert_eq!(p.objectives, vec!["grpo"]);
+    assert_eq!(p.methods, vec!["none", "hapo"]);
+    assert_eq!(p.arms(), ["none", "hapo"]);
+    let names: Vec<&str> = p.runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["none-s0", "hapo-s0", "none-s1", "hapo-s1"]);
+    for r in &p.runs {
+        assert_eq!(r.config.objective.name, "grpo", "{}", r.name);
+        assert_eq!(r.arm, r.method);
+        let want = if r.method == "hapo" {
+            luspo::control::MethodName::Hapo
+        } else {
+            luspo::control::MethodName::None
+        };
+        assert_eq!(r.config.control.method, want, "{}", r.name);
+        // compare.toml's GRPO override (Clip-Higher) reaches every arm, the HAPO table only the hapo arm.
+        assert_eq!(r.config.objective.resolved().unwrap().eps_high, 0.28);
+        let w = if r.method == "hapo" { 0.25 } else { 1.0 };
+        assert_eq!(r.config.control.hapo.w, w, "{}", r.name);
+    }
+    // Everything but [control] is identical between the arms of one seed.
+    let strip = |c: &luspo::train::RunConfig| {
+        let mut c = c.clone();
+        c.control = Default::default();
+        c.to_toml().unwrap()
+    };
+    assert_eq!(strip(&p.runs[0].config), strip(&p.runs[1].config));
+    assert_ne!(strip(&p.runs[0].config), strip(&p.runs[2].config));
+    // --methods wins over [compare] methods; --objectives with one name picks the objective; --set too.
+    let m = ["dler,none".to_string()];
+    let o = ["luspo".to_string()];
+    let p = plan(Some(&path), &[], Some(&o), Some(&m), Some(1)).unwrap();
+    assert_eq!(p.arms(), ["dler", "none"]);
+    assert!(p.runs.iter().all(|r| r.config.objective.name == "luspo"));
+    let sets = ["objective.name=\"gspo\"".to_string()];
+    let p = plan(Some(&path), &sets, None, Some(&m), Some(1)).unwrap();
+    assert_eq!(p.objectives, vec!["gspo"]);
+    // Errors: unknown or repeated method, two objectives, an override table of an unknown name.
+    for (objs, methods, want) in [
+        (None, "none,nope", "unknown method `nope`"),
+        (None, "hapo,HAPO", "listed twice"),
+        (Some("grpo,gspo"), "none,hapo", "one objective"),
+    ] {
+        let objs = objs.map(|o| vec![o.to_string()]);
+        let e = plan(
+            Some(&path),
+            &[],
+            objs.as_deref(),
+            Some(&[methods.to_string()]),
+            Some(1),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(want) && !e.contains('\n'), "{e}");
+    }
+    std::fs::write(&path, "[compare.overrides.nope]\nseed = 1\n").unwrap();
+    let e = plan(Some(&path), &[], None, Some(&m), Some(1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown objective or method `nope`"), "{e}");
+}
+
+#[test]
+fn compare_two_methods_from_one_warm_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("cmp");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_luspo"));
+    c.args([
+        "compare",
+        "--methods",
+        "none,hapo",
+        "--seeds",
+        "1",
+        "--jobs",
+        "2",
+        "--quiet",
+        "--set",
+        "objective.name=\"grpo\"",
+        "--out",
+    ])
+    .arg(&out);
+    for s in tiny_sets(&cache) {
+        c.arg("--set").arg(s);
+    }
+    let o = c.output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "stdout {stdout}\nstderr {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains("none") && stdout.contains("hapo"),
+        "{stdout}"
+    );
+    let cached = std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(cached, 1);
+    let mut evals0 = vec![];
+    let mut prompts = vec![];
+    for name in ["none-s0", "hapo-s0"] {
+        let dir = out.join(name);
+        let cfg = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+        let cfg = luspo::train::RunConfig::from_toml_str(&cfg, name).unwrap();
+        assert_eq!(cfg.objective.name, "grpo");
+        let m = serde_json::to_value(cfg.control.method).unwrap();
+        assert_eq!(m.as_str(), Some(&name[..name.len() - 3]));
+        let evals: Vec<EvalRecord> = read_jsonl(&dir.join("eval.jsonl")).unwrap();
+        evals0.push(serde_json::to_string(&evals[0]).unwrap());
+        let r: Vec<RolloutRecord> = read_jsonl(&dir.join("rollouts.jsonl")).unwrap();
+        prompts.push(
+            r.iter()
+                .map(|x| (x.step, x.prompt_id.clone()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(evals0[0], evals0[1]);
+    assert_eq!(prompts[0], prompts[1]);
+    let cmp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
+    let arms: Vec<(&str, &str, &str)> = cmp["by_objective"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["arm"].as_str().unwrap(),
+                o["objective"].as_str().unwrap(),
+                o["method"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(arms, [("none", "grpo", "none"), ("hapo", "grpo", "hapo")]);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("| hapo |") && report.contains("| none |"),
+        "{report}"
+    );
 }

@@ -27,6 +27,7 @@ fn group(id: &str, rs: Vec<Response>) -> Group {
 const AT: StepInfo = StepInfo {
     step: 1,
     max_new_tokens: 64,
+    total_steps: 0,
 };
 
 fn cfg(method: &str, params: serde_json::Value) -> ControlConfig {
@@ -424,4 +425,152 @@ fn ceeh_length_penalty_history_and_entropy_advantage() {
     m.update(&[group("n", vec![resp(4, false)])], &mut h2);
     assert_eq!(h2.get("n", "acc_h"), Some(0.0));
     assert_eq!(h2.get("n", "l_x"), None);
+}
+
+/// CEEH's difficulty-aware entropy regulariser λ(x, t) = k·λ0·cos(πt/T) (k = 5 hard, 1 easy; t = step − 1),
+/// clamped at 0 by default, 0 for a prompt without history; carried as per-response entropy coefficients.
+#[test]
+fn ceeh_entropy_regulariser_follows_the_schedule() {
+    use luspo::control::ceeh::{CeehParams, Difficulty};
+    let p = CeehParams::default();
+    assert_eq!(
+        (p.lambda0, p.lambda_hard, p.lambda_clamp),
+        (0.001, 5.0, true)
+    );
+    let at = |step| StepInfo {
+        step,
+        max_new_tokens: 64,
+        total_steps: 4,
+    };
+    let pi = std::f64::consts::PI;
+    // Hand values: t = 0 → cos 0 = 1; t = 1 of T = 4 → cos(π/4); t = 2 → cos(π/2) ≈ 0; t = 3 → cos(3π/4) < 0.
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-15;
+    assert!(close(p.entropy_coef(Difficulty::Hard, at(1)), 0.005));
+    assert!(close(p.entropy_coef(Difficulty::Easy, at(1)), 0.001));
+    assert!(close(
+        p.entropy_coef(Difficulty::Hard, at(2)),
+        0.005 * (pi / 4.0).cos()
+    ));
+    assert!(close(
+        p.entropy_coef(Difficulty::Easy, at(2)),
+        0.001 * 0.5f64.sqrt()
+    ));
+    assert!(p.entropy_coef(Difficulty::Hard, at(3)).abs() < 1e-18);
+    assert_eq!(p.entropy_coef(Difficulty::Hard, at(4)), 0.0, "clamped at 0");
+    assert_eq!(p.entropy_coef(Difficulty::Unknown, at(1)), 0.0);
+    let raw = CeehParams {
+        lambda_clamp: false,
+        ..p.clone()
+    };
+    assert!(close(
+        raw.entropy_coef(Difficulty::Easy, at(4)),
+        -0.001 * 0.5f64.sqrt()
+    ));
+    // T = 0 (unknown): no decay.
+    assert_eq!(p.entropy_coef(Difficulty::Hard, AT), 0.005);
+
+    // Through the method: easy e, hard x, unknown n; every response of a group gets its prompt's λ.
+    let m = cfg("ceeh", serde_json::json!({"alpha": 0.0})).build();
+    let mut h = History::default();
+    h.set("e", "acc_h", 0.6);
+    h.set("x", "acc_h", 0.2);
+    let gs = [
+        group("e", vec![resp(3, true), resp(4, false)]),
+        group("x", vec![resp(3, true), resp(4, false), resp(5, false)]),
+        group("n", vec![resp(3, true)]),
+    ];
+    let r = m.shape(&gs, &h, at(2));
+    let adv = m.advantages(&gs, &r, &h, Estimator::DrGrpo, at(2));
+    let c = adv.entropy_coefs.expect("λ0 > 0 sets entropy coefficients");
+    let (le, lh) = (0.001 * (pi / 4.0).cos(), 0.005 * (pi / 4.0).cos());
+    assert_eq!(c, vec![vec![le; 2], vec![lh; 3], vec![0.0]]);
+    // λ0 = 0 turns it off.
+    let off = cfg("ceeh", serde_json::json!({"alpha": 0.0, "lambda0": 0.0})).build();
+    let adv = off.advantages(&gs, &r, &h, Estimator::DrGrpo, at(2));
+    assert!(adv.entropy_coefs.is_none());
+    let e = ControlConfig::from_json("ceeh", serde_json::json!({"lambda0": -1.0}))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("control.ceeh.lambda0"), "{e}");
+}
+
+/// CANON's μ schedules against the official code's `cosine_annealing_with_restart` (values from a Python port of
+/// it: `c(epoch, total, mx, mn, w, cycles=3)`, e.g. `c(50, 150, 0.6, 0, 30) = 0.3`), and μ through the advantages.
+#[test]
+fn canon_mu_schedules_follow_the_code() {
+    use luspo::control::canon::{cosine_with_restart, CanonParams, MuSchedule};
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    // The code's own settings: T = 150, W = 30, 3 cycles of 40 steps.
+    for (step, lo, hi) in [
+        (1, 0.04, 0.066_666_666_666_666_67),
+        (29, 0.6, 1.0),
+        (30, 0.6, 1.0),
+        (50, 0.3, 0.7),
+        (60, 0.087_867_965_644_035_76, 0.487_867_965_644_035_8),
+        (70, 0.6, 1.0),
+        (149, 0.000_924_799_880_061_610_8, 0.400_924_799_880_061_63),
+    ] {
+        assert!(
+            close(cosine_with_restart(step, 150, 0.6, 0.0, 30), lo),
+            "{step}"
+        );
+        assert!(
+            close(cosine_with_restart(step, 150, 1.0, 0.4, 30), hi),
+            "{step}"
+        );
+    }
+    // Here T = train.steps and W = T/5: T = 40 → W = 8, cycles of 10.
+    let at = |step| StepInfo {
+        step,
+        max_new_tokens: 64,
+        total_steps: 40,
+    };
+    let p = |s| CanonParams {
+        mu_schedule: s,
+        ..CanonParams::default()
+    };
+    assert!(close(
+        p(MuSchedule::CosineRestart).mu_at(&[], at(12)),
+        1.0 - 0.392_705_098_312_484_24
+    ));
+    assert!(close(
+        p(MuSchedule::CosineRestartR).mu_at(&[], at(14)),
+        0.607_294_901_687_515_8
+    ));
+    assert!(close(p(MuSchedule::CosineRestartR).mu_at(&[], at(1)), 0.25));
+    assert_eq!(p(MuSchedule::Constant).mu_at(&[], at(12)), 1.0);
+    let rewards = vec![vec![1.0, 0.0, 1.0, 1.0], vec![0.0, 0.0, 1.0, 0.0]];
+    assert_eq!(p(MuSchedule::Accuracy).mu_at(&rewards, at(3)), 0.5);
+
+    // Through the method: the scheduled μ is the constant μ of that value.
+    let g = group(
+        "q",
+        vec![resp(3, true), resp(1, false), resp(4, true), resp(2, true)],
+    );
+    let h = group(
+        "r",
+        vec![
+            resp(3, false),
+            resp(1, false),
+            resp(4, true),
+            resp(2, false),
+        ],
+    );
+    let gs = [g, h];
+    let sched = cfg(
+        "canon",
+        serde_json::json!({"c": 10.0, "mu_schedule": "accuracy"}),
+    )
+    .build();
+    let fixed = cfg("canon", serde_json::json!({"c": 10.0, "mu": 0.5})).build();
+    let fixed0 = cfg("canon", serde_json::json!({"c": 10.0, "mu": 1.0})).build();
+    let a = sched.advantages(&gs, &rewards, &History::default(), Estimator::DrGrpo, at(3));
+    let b = fixed.advantages(&gs, &rewards, &History::default(), Estimator::DrGrpo, at(3));
+    let c = fixed0.advantages(&gs, &rewards, &History::default(), Estimator::DrGrpo, at(3));
+    assert_eq!(a.seq, b.seq);
+    assert_ne!(a.seq, c.seq);
+    let e = ControlConfig::from_json("canon", serde_json::json!({"mu_schedule": "nope"}))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("mu_schedule") || e.contains("nope"), "{e}");
 }

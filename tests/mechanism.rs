@@ -36,6 +36,7 @@ fn weights(name: &str, lens: &[usize], adv: &[f64], d: f64, unclipped: bool) -> 
         entropy: None,
         groups: None,
         token_weights: None,
+        entropy_coefs: None,
         global_counts: None,
     };
     seq_weights(&obj(name), &inputs, unclipped).unwrap()

@@ -479,6 +479,7 @@ fn bad_shapes_are_input_errors() {
             entropy: None,
             groups: None,
             token_weights: None,
+            entropy_coefs: None,
             global_counts: None,
         };
         match policy_loss(&ObjectiveConfig::default(), &inp) {
@@ -500,6 +501,7 @@ fn bad_shapes_are_input_errors() {
         entropy: None,
         groups: None,
         token_weights: None,
+        entropy_coefs: None,
         global_counts: None,
     };
     match policy_loss(&cfg("grpo", json!({"kl_beta": 0.1})), &inp) {
@@ -509,6 +511,7 @@ fn bad_shapes_are_input_errors() {
     let inp = PolicyInputs {
         groups: None,
         token_weights: None,
+        entropy_coefs: None,
         global_counts: Some((4.0, 12.0)),
         ..inp
     };
@@ -517,4 +520,74 @@ fn bad_shapes_are_input_errors() {
         _ => panic!("dr_grpo micro-batches without norm_len must fail"),
     }
     assert!(policy_loss(&cfg("dr_grpo", json!({"norm_len": 8.0})), &inp).is_ok());
+}
+
+/// Per-sequence entropy coefficients (CEEH's λ(x, t)): the loss gets −aggregate(λ_i·H_it); equal λ_i equal the
+/// objective's own `entropy_coef`; the gradient w.r.t. H_it is −λ_i/n_tok under token-mean; no entropies → error.
+#[test]
+fn per_sequence_entropy_coefficients() {
+    use candle_core::{DType, Device, Tensor, Var};
+    use luspo::objective::{policy_loss, PolicyInputs};
+    let dev = Device::Cpu;
+    let t = |v: Vec<f64>, s: (usize, usize)| Tensor::from_vec(v, s, &dev).unwrap();
+    let logp = t(vec![-1.0, -2.0, -0.5, -0.7, -0.2, 0.0], (2, 3));
+    let old = t(vec![-1.1, -1.9, -0.5, -0.6, -0.3, 0.0], (2, 3));
+    // Sequence 0 has 3 response tokens, sequence 1 has 2 (the last is padding).
+    let mask = t(vec![1.0, 1.0, 1.0, 1.0, 1.0, 0.0], (2, 3));
+    let adv = Tensor::from_vec(vec![0.5, -0.5], 2, &dev).unwrap();
+    let ent = Var::from_tensor(&t(vec![0.3, 0.6, 0.9, 1.2, 1.5, 7.0], (2, 3))).unwrap();
+    let run = |obj: &ObjectiveConfig, coefs: Option<&Tensor>, e: Option<&Tensor>| {
+        policy_loss(
+            obj,
+            &PolicyInputs {
+                logp: &logp,
+                old_logp: &old,
+                mask: &mask,
+                advantages: &adv,
+                ref_logp: None,
+                entropy: e,
+                groups: None,
+                token_weights: None,
+                entropy_coefs: coefs,
+                global_counts: None,
+            },
+        )
+    };
+    let grpo = cfg("grpo", json!({"aggregation": "token-mean"}));
+    assert_eq!(grpo.resolved().unwrap().aggregation, Aggregation::TokenMean);
+    let base = run(&grpo, None, Some(ent.as_tensor())).unwrap();
+    let scalar = |x: &Tensor| x.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    let l0 = scalar(&base.loss);
+    let c = Tensor::from_vec(vec![0.1, 0.4], 2, &dev).unwrap();
+    let out = run(&grpo, Some(&c), Some(ent.as_tensor())).unwrap();
+    // Token mean over the 5 response tokens: (0.1·(0.3 + 0.6 + 0.9) + 0.4·(1.2 + 1.5)) / 5 = 0.252.
+    assert!((l0 - scalar(&out.loss) - 0.252).abs() < 1e-12);
+    let g = out.loss.backward().unwrap();
+    let ge: Vec<Vec<f64>> = g.get(ent.as_tensor()).unwrap().to_vec2().unwrap();
+    let want = [[-0.02, -0.02, -0.02], [-0.08, -0.08, 0.0]];
+    for (a, b) in ge.iter().flatten().zip(want.iter().flatten()) {
+        assert!((a - b).abs() < 1e-12, "{ge:?}");
+    }
+    // Equal coefficients = the objective's entropy_coef, for a sequence-mean aggregation too.
+    // (GRPO's preset aggregation is seq-mean-token-mean.)
+    for name in ["grpo", "gspo"] {
+        let same = Tensor::from_vec(vec![0.3, 0.3], 2, &dev).unwrap();
+        let a = run(&cfg(name, json!({})), Some(&same), Some(ent.as_tensor())).unwrap();
+        let b = run(
+            &cfg(name, json!({"entropy_coef": 0.3})),
+            None,
+            Some(ent.as_tensor()),
+        )
+        .unwrap();
+        assert!((scalar(&a.loss) - scalar(&b.loss)).abs() < 1e-12, "{name}");
+    }
+    match run(&grpo, Some(&c), None) {
+        Err(Error::Input(m)) => assert!(m.starts_with("entropy:"), "{m}"),
+        _ => panic!("coefficients without entropies must fail"),
+    }
+    let c3 = Tensor::from_vec(vec![0.1, 0.4, 0.2], 3, &dev).unwrap();
+    match run(&grpo, Some(&c3), Some(ent.as_tensor())) {
+        Err(Error::Input(m)) => assert!(m.starts_with("entropy_coefs:"), "{m}"),
+        _ => panic!("a wrong shape must fail"),
+    }
 }

@@ -458,3 +458,103 @@ fn default_out_dir_is_common_parent_or_report() {
     assert_eq!(d(&["./grpo"]), PathBuf::from("report"));
     assert_eq!(d(&["/a", "/b"]), PathBuf::from("report"));
 }
+
+/// CASTILLO per-prompt statistics on fixed length vectors, against numpy:
+/// `v = np.array([7, 3, 12, 3, 40, 18, 5, 9, 80, 11.]); v.mean(), v.std(), [np.percentile(v, q) for q in (25, 50, 75, 99)]`
+/// → 18.8, 22.86394541630993, [5.5, 10.0, 16.5, 76.4]; `w = np.array([4., 6.])` → 5.0, 1.0, [4.5, 5.0, 5.5, 5.98].
+#[test]
+fn castillo_statistics_match_numpy() {
+    use luspo::metrics::RolloutRecord;
+    use luspo::report::analysis::{analyse_lengths, CastilloPrompt};
+    let v = [7.0, 3.0, 12.0, 3.0, 40.0, 18.0, 5.0, 9.0, 80.0, 11.0];
+    let trunc = [false; 10];
+    let p = CastilloPrompt::of("q", 3, &v, &trunc).unwrap();
+    close(p.mean, 18.8);
+    close(p.std, 22.86394541630993);
+    close(p.min, 3.0);
+    close(p.max, 80.0);
+    close(p.p25, 5.5);
+    close(p.p50, 10.0);
+    close(p.p75, 16.5);
+    close(p.p99, 76.4);
+    assert_eq!((p.n, p.step, p.degenerate), (10, 3, false));
+    // A response at the length limit flags its prompt.
+    let mut t = trunc;
+    t[8] = true;
+    assert!(CastilloPrompt::of("q", 3, &v, &t).unwrap().degenerate);
+    assert!(CastilloPrompt::of("q", 3, &[], &[]).is_none());
+
+    // Through the run analysis: groups of the first and last step, means over prompts.
+    let rec = |step, id: &str, length, truncated| RolloutRecord {
+        step,
+        prompt_id: id.into(),
+        length,
+        reward: 0.0,
+        correct: false,
+        advantage: 0.0,
+        truncated,
+    };
+    let mut rs: Vec<RolloutRecord> = v.iter().map(|&l| rec(1, "a", l as u32, false)).collect();
+    rs.push(rec(1, "b", 4, false));
+    rs.push(rec(1, "b", 6, true));
+    rs.push(rec(2, "a", 9, false));
+    let la = analyse_lengths(&rs);
+    let c = &la.castillo_first_step;
+    assert_eq!((c.step, c.n_prompts), (Some(1), 2));
+    assert_eq!(c.prompts[0].prompt_id, "a");
+    close(c.prompts[1].p99, 5.98);
+    close_opt(c.mean, (18.8 + 5.0) / 2.0);
+    close_opt(c.std, (22.86394541630993 + 1.0) / 2.0);
+    close_opt(c.p99, (76.4 + 5.98) / 2.0);
+    close_opt(c.degenerate_frac, 0.5);
+    let l = &la.castillo_last_step;
+    assert_eq!((l.step, l.n_prompts), (Some(2), 1));
+    close_opt(l.std, 0.0);
+    close_opt(l.p25, 9.0);
+    assert_eq!(analyse_lengths(&[]).castillo_last_step.step, None);
+}
+
+/// Arm labels: objectives when no run has a `[control]` method, methods when all runs share one objective,
+/// `objective+method` otherwise (plain runs keep the objective).
+#[test]
+fn arm_labels_by_objective_or_method() {
+    let run = |objective: &str, method: &str| report::Run {
+        dir: PathBuf::from("x"),
+        objective: objective.into(),
+        method: method.into(),
+        seed: 0,
+        metrics: vec![],
+        evals: vec![],
+        rollouts: vec![],
+        summary: None,
+    };
+    let labels = |rs: &[(&str, &str)]| {
+        let runs: Vec<report::Run> = rs.iter().map(|(o, m)| run(o, m)).collect();
+        report::arm_labels(&runs)
+    };
+    assert_eq!(
+        labels(&[("grpo", "none"), ("gspo", "none")]),
+        ["grpo", "gspo"]
+    );
+    assert_eq!(
+        labels(&[("grpo", "none"), ("grpo", "hapo")]),
+        ["none", "hapo"]
+    );
+    assert_eq!(
+        labels(&[("grpo", "hapo"), ("grpo", "hapo")]),
+        ["hapo", "hapo"]
+    );
+    assert_eq!(
+        labels(&[("grpo", "none"), ("gspo", "hapo")]),
+        ["grpo", "gspo+hapo"]
+    );
+    // compare.json groups by arm and keeps objective and method.
+    let runs = vec![run("grpo", "none"), run("grpo", "dler")];
+    let cmp = report::compare(&runs);
+    let arms: Vec<(&str, &str, &str)> = cmp
+        .by_objective
+        .iter()
+        .map(|o| (o.arm.as_str(), o.objective.as_str(), o.method.as_str()))
+        .collect();
+    assert_eq!(arms, [("none", "grpo", "none"), ("dler", "grpo", "dler")]);
+}

@@ -156,7 +156,7 @@ fn every_shipped_config_parses() {
         // Files with a `[compare]` section are `luspo compare` configs: planned (and so validated) instead.
         let is_compare = std::fs::read_to_string(&p).is_ok_and(|t| t.contains("\n[compare]"));
         if is_compare && !p.ends_with("compare.toml") {
-            luspo::compare::plan(Some(&p), &[], None, None)
+            luspo::compare::plan(Some(&p), &[], None, None, None)
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         }
         if p.extension().is_some_and(|e| e == "toml") && !is_compare {

@@ -137,7 +137,7 @@ fn every_control_config_loads_and_names_its_method() {
         let p = entry.unwrap().path();
         let stem = p.file_stem().unwrap().to_string_lossy().to_string();
         if stem.starts_with("compare_") {
-            let plan = luspo::compare::plan(Some(&p), &[], None, None)
+            let plan = luspo::compare::plan(Some(&p), &[], None, None, None)
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             assert!(!plan.runs.is_empty(), "{}", p.display());
             continue;

@@ -227,6 +227,7 @@ fn step_once(
             entropy: None,
             groups: None,
             token_weights: None,
+            entropy_coefs: None,
             global_counts: split.then_some((rows.len() as f64, n_tok as f64)),
         };
         let o = policy_loss_resolved(obj, &inputs)?;

@@ -8,6 +8,10 @@ pub struct CompareArgs {
     /// Objective presets, comma-separated (default: the config's `[compare] objectives`, else grpo,gspo,luspo).
     #[arg(long, value_name = "LIST")]
     pub objectives: Option<String>,
+    /// `[control]` methods to compare under one objective, comma-separated, e.g. `none,hapo,dler` (default: the
+    /// config's `[compare] methods`; none = compare objectives).
+    #[arg(long, value_name = "LIST")]
+    pub methods: Option<String>,
     /// Seeds per objective (seed, seed+1, ...); the spread over seeds is shown (default 1).
     #[arg(long, value_name = "N")]
     pub seeds: Option<u64>,
@@ -52,10 +56,12 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let objectives = args.objectives.map(|o| vec![o]);
+    let methods = args.methods.map(|m| vec![m]);
     let plan = crate::compare::plan(
         args.config.as_deref(),
         &args.set,
         objectives.as_deref(),
+        methods.as_deref(),
         args.seeds,
     )?;
     let jobs = args.jobs.unwrap_or_else(crate::compare::default_jobs);
@@ -73,9 +79,14 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         verbose: !args.quiet,
     };
     if !args.quiet {
+        let objective = if plan.methods.is_empty() {
+            String::new()
+        } else {
+            format!(" (objective {})", plan.objectives[0])
+        };
         eprintln!(
-            "compare: {} × {} seed(s) = {} runs into {}",
-            plan.objectives.join(", "),
+            "compare: {}{objective} × {} seed(s) = {} runs into {}",
+            plan.arms().join(", "),
             plan.seeds.len(),
             plan.runs.len(),
             out.display()

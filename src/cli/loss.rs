@@ -309,6 +309,7 @@ pub fn evaluate_json(text: &str) -> Result<Value> {
         entropy: entropy.as_ref().map(|e| e.as_tensor()),
         groups: Some(&groups),
         token_weights: token_weights.as_ref(),
+        entropy_coefs: None,
         global_counts: None,
     };
     let out = policy_loss_resolved(&obj, &inputs)?;

@@ -4,6 +4,18 @@
 //! A_i = [μ·(α·R_i − mean_other(R) + β) + (1 − μ)·(R_i − mean_own(R))]/C for the length variant; the entropy
 //! variant puts α on the baseline: μ·(R_i − α·mean_other(R) + β). Ties in m are broken by R, so the advantages do
 //! not depend on the order of the responses.
+//!
+//! μ schedules (`mu_schedule`, the official code's `core_algos.py` estimators, which use α = 1, β = 0):
+//! - `accuracy` (`dr_entropy_token_budget_annel`): μ = the batch's mean reward, so the inter-half term grows as
+//!   accuracy does. The README names this estimator for both "First-Inter-Later-Intra" and
+//!   "First-Intra-Later-Inter" (a commented-out line flips it); which one the committed line is meant to be is
+//!   UNVERIFIED.
+//! - `cosine_restart` ("Cosin-First-Intra-Later-Inter"): μ = 1 − c(t), c = cosine with restarts from 0.6 to 0;
+//! - `cosine_restart_r` ("Cosin-First-Inter-Later-Intra"): μ = c(t), c from 1 to 0.4.
+//!
+//! c(t) (code `cosine_annealing_with_restart`, t = the RL step from 1): linear warm-up max·(t + 1)/W for t < W,
+//! then 3 cycles of length ⌊(T − W)/3⌋ of min + (max − min)·(1 + cos(π·t'/cycle))/2. The code hard-codes
+//! T = 150 and W = 30; here T = `train.steps` (150 when unknown) and W = ⌊T/5⌋ (UNVERIFIED scaling).
 
 use super::{check_range, Advantages, Group, History, Method, StepInfo};
 use crate::advantage::Estimator;
@@ -21,6 +33,32 @@ pub enum CanonMetric {
     Entropy,
 }
 
+/// How μ moves over training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MuSchedule {
+    /// μ = `mu` throughout.
+    #[default]
+    Constant,
+    /// μ = the batch's mean reward.
+    Accuracy,
+    /// μ = 1 − c(t), c a cosine with restarts from 0.6 to 0.
+    CosineRestart,
+    /// μ = c(t), c a cosine with restarts from 1 to 0.4.
+    CosineRestartR,
+}
+
+/// The official code's `cosine_annealing_with_restart(step, total, max, min, warmup, cycles = 3)`.
+pub fn cosine_with_restart(step: u64, total: u64, max: f64, min: f64, warmup: u64) -> f64 {
+    if step < warmup {
+        return max * (step + 1) as f64 / warmup as f64;
+    }
+    let (e, total) = (step - warmup, total.saturating_sub(warmup));
+    let cycle = (total / 3).max(1);
+    let t = (e % cycle) as f64;
+    min + 0.5 * (max - min) * (1.0 + (std::f64::consts::PI * t / cycle as f64).cos())
+}
+
 /// `[control.canon]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -36,6 +74,8 @@ pub struct CanonParams {
     pub mu: f64,
     /// C; 0 = the rollout's `max_new_tokens` (the code uses its max length, 8192). Default 0.
     pub c: f64,
+    /// μ schedule: `constant` (μ = `mu`), `accuracy`, `cosine_restart`, `cosine_restart_r`. Default `constant`.
+    pub mu_schedule: MuSchedule,
 }
 
 impl Default for CanonParams {
@@ -46,6 +86,7 @@ impl Default for CanonParams {
             beta: 0.0,
             mu: 1.0,
             c: 0.0,
+            mu_schedule: MuSchedule::Constant,
         }
     }
 }
@@ -57,6 +98,30 @@ impl CanonParams {
         check_range("canon.c", self.c, 0.0, f64::MAX)?;
         check_range("canon.alpha", self.alpha, f64::MIN, f64::MAX)?;
         check_range("canon.beta", self.beta, f64::MIN, f64::MAX)
+    }
+
+    /// μ at `at` for a batch whose (kept) rewards are `rewards`.
+    pub fn mu_at(&self, rewards: &[Vec<f64>], at: StepInfo) -> f64 {
+        let total = if at.total_steps == 0 {
+            150
+        } else {
+            at.total_steps
+        };
+        let warmup = total / 5;
+        match self.mu_schedule {
+            MuSchedule::Constant => self.mu,
+            MuSchedule::Accuracy => {
+                let all: Vec<f64> = rewards.iter().flatten().copied().collect();
+                if all.is_empty() {
+                    return self.mu;
+                }
+                (all.iter().sum::<f64>() / all.len() as f64).clamp(0.0, 1.0)
+            }
+            MuSchedule::CosineRestart => {
+                1.0 - cosine_with_restart(at.step, total, 0.6, 0.0, warmup)
+            }
+            MuSchedule::CosineRestartR => cosine_with_restart(at.step, total, 1.0, 0.4, warmup),
+        }
     }
 
     /// CANON advantages of one group with rewards `r` and metric values `m`, divided by `c`.
@@ -120,6 +185,10 @@ impl Method for CanonParams {
         } else {
             at.max_new_tokens as f64
         };
+        let with_mu = CanonParams {
+            mu: self.mu_at(rewards, at),
+            ..self.clone()
+        };
         let seq = groups
             .iter()
             .zip(rewards)
@@ -132,12 +201,13 @@ impl Method for CanonParams {
                         CanonMetric::Entropy => x.mean_entropy(),
                     })
                     .collect();
-                self.group_advantages(r, &m, c)
+                with_mu.group_advantages(r, &m, c)
             })
             .collect();
         Advantages {
             seq,
             token_weights: None,
+            entropy_coefs: None,
         }
     }
 }

@@ -6,8 +6,12 @@
 //!   ψ_t = min(α·H_t, |A|/κ), carried as per-token loss weights Â_t/A (exact for token-level PPO-clip losses:
 //!   ψ ≥ 0 and ψ ≤ |A|/κ keep the sign of A when κ > 1).
 //!
-//! Not here: the difficulty-aware entropy regulariser λ(x, t)·H (a per-prompt entropy coefficient in the loss).
-//! UNVERIFIED: a prompt's first Acc_h is its first group accuracy; a prompt without history gets neither term.
+//! - The difficulty-aware entropy regulariser: loss −= λ(x, t)·H with λ = `lambda_hard`·λ0·cos(πt/T) on hard
+//!   prompts and λ0·cos(πt/T) on easy ones (t = step − 1, T = `train.steps`), carried as per-response entropy
+//!   coefficients ([`Advantages::entropy_coefs`]) and aggregated like the objective's entropy term.
+//!
+//! UNVERIFIED: a prompt's first Acc_h is its first group accuracy; a prompt without history gets none of the three
+//! terms; λ is clamped at 0 after T/2 (`lambda_clamp`: the formula as written turns negative there).
 
 use super::{check_range, Advantages, Group, History, Method, StepInfo};
 use crate::advantage::Estimator;
@@ -33,6 +37,12 @@ pub struct CeehParams {
     pub eta_up: f64,
     /// η otherwise. Default 0.05 (paper).
     pub eta_down: f64,
+    /// λ0 of the entropy regulariser λ(x, t) = k·λ0·cos(πt/T). Default 0.001 (paper); 0 turns it off.
+    pub lambda0: f64,
+    /// k of hard prompts in λ(x, t) (easy prompts: 1). Default 5 (paper).
+    pub lambda_hard: f64,
+    /// Clamp λ(x, t) at 0 (after T/2). Default true (UNVERIFIED intent).
+    pub lambda_clamp: bool,
 }
 
 impl Default for CeehParams {
@@ -43,6 +53,9 @@ impl Default for CeehParams {
             kappa: 2.0,
             eta_up: 0.2,
             eta_down: 0.05,
+            lambda0: 0.001,
+            lambda_hard: 5.0,
+            lambda_clamp: true,
         }
     }
 }
@@ -65,7 +78,31 @@ impl CeehParams {
         check_range("ceeh.alpha", self.alpha, 0.0, f64::MAX)?;
         check_range("ceeh.kappa", self.kappa, 1.0 + 1e-9, f64::MAX)?;
         check_range("ceeh.eta_up", self.eta_up, 0.0, 1.0)?;
-        check_range("ceeh.eta_down", self.eta_down, 0.0, 1.0)
+        check_range("ceeh.eta_down", self.eta_down, 0.0, 1.0)?;
+        check_range("ceeh.lambda0", self.lambda0, 0.0, f64::MAX)?;
+        check_range("ceeh.lambda_hard", self.lambda_hard, 0.0, f64::MAX)
+    }
+
+    /// The entropy coefficient λ(x, t) of a prompt of `difficulty` at `at` (0 without history): k·λ0·cos(πt/T),
+    /// k = `lambda_hard` (hard) or 1 (easy), t = step − 1, T = `at.total_steps` (T = 0: cos term 1).
+    pub fn entropy_coef(&self, difficulty: Difficulty, at: StepInfo) -> f64 {
+        let k = match difficulty {
+            Difficulty::Hard => self.lambda_hard,
+            Difficulty::Easy => 1.0,
+            Difficulty::Unknown => return 0.0,
+        };
+        let cos = if at.total_steps == 0 {
+            1.0
+        } else {
+            let t = at.step.saturating_sub(1) as f64;
+            (std::f64::consts::PI * t / at.total_steps as f64).cos()
+        };
+        let l = k * self.lambda0 * cos;
+        if self.lambda_clamp {
+            l.max(0.0)
+        } else {
+            l
+        }
     }
 
     /// The difficulty of prompt `id` against the mean Acc_h of all prompts in `history`.
@@ -145,17 +182,26 @@ impl Method for CeehParams {
         rewards: &[Vec<f64>],
         history: &History,
         estimator: Estimator,
-        _: StepInfo,
+        at: StepInfo,
     ) -> Advantages {
         let seq = super::estimator_advantages(rewards, estimator);
-        let hard: Vec<bool> = groups
+        let difficulty: Vec<Difficulty> = groups
             .iter()
-            .map(|g| Self::difficulty(history, &g.prompt_id) == Difficulty::Hard)
+            .map(|g| Self::difficulty(history, &g.prompt_id))
             .collect();
+        let hard: Vec<bool> = difficulty.iter().map(|&d| d == Difficulty::Hard).collect();
+        let entropy_coefs = (self.lambda0 > 0.0).then(|| {
+            groups
+                .iter()
+                .zip(&difficulty)
+                .map(|(g, &d)| vec![self.entropy_coef(d, at); g.responses.len()])
+                .collect()
+        });
         if self.alpha == 0.0 || !hard.contains(&true) {
             return Advantages {
                 seq,
                 token_weights: None,
+                entropy_coefs,
             };
         }
         let weights = groups
@@ -185,6 +231,7 @@ impl Method for CeehParams {
         Advantages {
             seq,
             token_weights: Some(weights),
+            entropy_coefs,
         }
     }
 }

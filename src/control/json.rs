@@ -2,13 +2,16 @@
 //! rewards against the given history, update the history, compute the advantages over all the given groups.
 //!
 //! Input: `{"method": "hapo", "params": {"w": 1.0}, "estimator": "grpo", "step": 1, "max_new_tokens": 64,
+//! "total_steps": 0,
 //! "groups": [{"prompt_id": "q1", "history": {"h": 20}, "responses": [{"length": 10, "correct": true,
 //! "truncated": false}, ..]}]}`; `params`, `estimator` (default `grpo`: the configured estimator, used unless the
-//! method has its own), `step` (default 1), `max_new_tokens` (default the run default), `history`, `truncated`,
+//! method has its own), `step` (default 1), `max_new_tokens` (default the run default), `total_steps` (T of
+//! schedules over the run, default 0 = none), `history`, `truncated`,
 //! a response's `reward` (default 1/0 from `correct`) and `entropies` are optional.
 //! Output: `{"groups": [{"prompt_id", "lengths" (after DOT's cuts), "rewards", "advantages", "history"}],
 //! "resolved": {"method", "params",
-//! "estimator", "step", "max_new_tokens"}}`, plus per group `token_weights` when the method sets them.
+//! "estimator", "step", "max_new_tokens", "total_steps"}}`, plus per group `token_weights` and `entropy_coefs` when
+//! the method sets them.
 
 use super::{ControlConfig, Group, History, Response, StepInfo};
 use crate::advantage::Estimator;
@@ -29,6 +32,8 @@ struct Input {
     step: Option<u64>,
     #[serde(default)]
     max_new_tokens: Option<usize>,
+    #[serde(default)]
+    total_steps: u64,
     groups: Vec<GroupIn>,
 }
 
@@ -51,6 +56,7 @@ pub fn evaluate_json(text: &str) -> Result<Value> {
         max_new_tokens: input
             .max_new_tokens
             .unwrap_or(crate::train::config::RolloutConfig::default().max_new_tokens),
+        total_steps: input.total_steps,
     };
     if at.max_new_tokens == 0 {
         return Err(input_err!("max_new_tokens: must be > 0"));
@@ -127,6 +133,9 @@ pub fn evaluate_json(text: &str) -> Result<Value> {
             if let Some(w) = &adv.token_weights {
                 o["token_weights"] = json!(w[k]);
             }
+            if let Some(c) = &adv.entropy_coefs {
+                o["entropy_coefs"] = json!(c[k]);
+            }
             o
         })
         .collect();
@@ -138,6 +147,7 @@ pub fn evaluate_json(text: &str) -> Result<Value> {
             "estimator": estimator,
             "step": at.step,
             "max_new_tokens": at.max_new_tokens,
+            "total_steps": at.total_steps,
         },
     }))
 }

@@ -112,16 +112,21 @@ pub struct StepInfo {
     pub step: u64,
     /// The rollout's `max_new_tokens`.
     pub max_new_tokens: usize,
+    /// T: the run's RL steps (`train.steps`), for schedules over the run; 0 = unknown (no decay).
+    pub total_steps: u64,
 }
 
-/// The advantages a method trains with, group by group: one per response, and optionally per-token weights
-/// (multiplying each token's loss term; `None` = weight 1 everywhere).
+/// The advantages a method trains with, group by group: one per response, optionally per-token weights
+/// (multiplying each token's loss term; `None` = weight 1 everywhere) and per-response entropy coefficients.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Advantages {
     /// Per-response advantages, `[group][response]`.
     pub seq: Vec<Vec<f64>>,
     /// Per-token weights, `[group][response][token]`, when the method sets them.
     pub token_weights: Option<Vec<Vec<Vec<f32>>>>,
+    /// Per-response entropy coefficients λ_i, `[group][response]`: the loss gets −λ_i·H over the response's
+    /// tokens (aggregated like the objective's own entropy term), when the method sets them.
+    pub entropy_coefs: Option<Vec<Vec<f64>>>,
 }
 
 /// `estimator` over the shaped rewards of `groups` (each group one prompt), as `[group][response]`.
@@ -179,6 +184,7 @@ pub trait Method {
         Advantages {
             seq: estimator_advantages(rewards, estimator),
             token_weights: None,
+            entropy_coefs: None,
         }
     }
 }
@@ -227,6 +233,46 @@ pub enum MethodName {
     Canon,
     /// TTRL: label-free majority-vote reward.
     Ttrl,
+}
+
+impl MethodName {
+    /// Every method, in documentation order.
+    pub const ALL: [MethodName; 11] = [
+        MethodName::None,
+        MethodName::Dler,
+        MethodName::DaDler,
+        MethodName::Hapo,
+        MethodName::LGrpo,
+        MethodName::GrpoLambda,
+        MethodName::Dot,
+        MethodName::Ceeh,
+        MethodName::Pear,
+        MethodName::Canon,
+        MethodName::Ttrl,
+    ];
+
+    /// The method's config name (`control.method`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MethodName::None => "none",
+            MethodName::Dler => "dler",
+            MethodName::DaDler => "da_dler",
+            MethodName::Hapo => "hapo",
+            MethodName::LGrpo => "l_grpo",
+            MethodName::GrpoLambda => "grpo_lambda",
+            MethodName::Dot => "dot",
+            MethodName::Ceeh => "ceeh",
+            MethodName::Pear => "pear",
+            MethodName::Canon => "canon",
+            MethodName::Ttrl => "ttrl",
+        }
+    }
+
+    /// Looks a method up by its config name (case-insensitive, `-` accepted for `_`).
+    pub fn from_name(name: &str) -> Option<MethodName> {
+        let n = name.trim().to_ascii_lowercase().replace('-', "_");
+        MethodName::ALL.into_iter().find(|m| m.name() == n)
+    }
 }
 
 /// `[control]`: which method, and the parameters of each (only the chosen method's are used).

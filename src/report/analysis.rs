@@ -141,6 +141,127 @@ impl PerPromptLengths {
     }
 }
 
+/// CASTILLO (methods.md §21a) statistics of one prompt's response lengths at one RL step (its group): population
+/// std and linearly interpolated percentiles, like numpy's defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CastilloPrompt {
+    /// Problem id.
+    pub prompt_id: String,
+    /// RL step.
+    pub step: u64,
+    /// Responses.
+    pub n: usize,
+    /// Mean length.
+    pub mean: f64,
+    /// Population std of length (`np.std`).
+    pub std: f64,
+    /// Shortest response.
+    pub min: f64,
+    /// Longest response.
+    pub max: f64,
+    /// 25th percentile (`np.percentile`, linear).
+    pub p25: f64,
+    /// Median.
+    pub p50: f64,
+    /// 75th percentile.
+    pub p75: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Some response is degenerate: it hit the length limit (`truncated`). CASTILLO's other criterion,
+    /// repetition, needs the text, which `rollouts.jsonl` does not keep; it is not checked.
+    pub degenerate: bool,
+}
+
+impl CastilloPrompt {
+    /// The statistics of `lengths` (one per response; `truncated` says which hit the length limit); `None` when
+    /// empty.
+    pub fn of(
+        prompt_id: &str,
+        step: u64,
+        lengths: &[f64],
+        truncated: &[bool],
+    ) -> Option<CastilloPrompt> {
+        let q = |p| percentile(lengths, p);
+        Some(CastilloPrompt {
+            prompt_id: prompt_id.to_string(),
+            step,
+            n: lengths.len(),
+            mean: mean(lengths)?,
+            std: std_pop(lengths)?,
+            min: lengths.iter().copied().fold(f64::INFINITY, f64::min),
+            max: lengths.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            p25: q(0.25)?,
+            p50: q(0.5)?,
+            p75: q(0.75)?,
+            p99: q(0.99)?,
+            degenerate: truncated.iter().any(|&t| t),
+        })
+    }
+}
+
+/// CASTILLO statistics of every prompt (group) of one RL step, and their means over prompts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CastilloStep {
+    /// RL step (`null` when there are no rollouts).
+    pub step: Option<u64>,
+    /// Prompts (groups).
+    pub n_prompts: usize,
+    /// Mean over prompts of the per-prompt mean length.
+    pub mean: Option<f64>,
+    /// Mean over prompts of the per-prompt std.
+    pub std: Option<f64>,
+    /// Mean over prompts of the per-prompt min.
+    pub min: Option<f64>,
+    /// Mean over prompts of the per-prompt max.
+    pub max: Option<f64>,
+    /// Mean over prompts of the per-prompt p25.
+    pub p25: Option<f64>,
+    /// Mean over prompts of the per-prompt median.
+    pub p50: Option<f64>,
+    /// Mean over prompts of the per-prompt p75.
+    pub p75: Option<f64>,
+    /// Mean over prompts of the per-prompt p99.
+    pub p99: Option<f64>,
+    /// Fraction of prompts flagged degenerate.
+    pub degenerate_frac: Option<f64>,
+    /// Every prompt, in prompt-id order.
+    pub prompts: Vec<CastilloPrompt>,
+}
+
+impl CastilloStep {
+    /// The statistics of the rollouts of `step` (`None`: empty).
+    pub fn of(rollouts: &[RolloutRecord], step: Option<u64>) -> CastilloStep {
+        let mut groups: BTreeMap<&str, (Vec<f64>, Vec<bool>)> = BTreeMap::new();
+        for r in rollouts.iter().filter(|r| Some(r.step) == step) {
+            let g = groups.entry(r.prompt_id.as_str()).or_default();
+            g.0.push(r.length as f64);
+            g.1.push(r.truncated);
+        }
+        let prompts: Vec<CastilloPrompt> = groups
+            .iter()
+            .filter_map(|(id, (l, t))| CastilloPrompt::of(id, step.unwrap_or(0), l, t))
+            .collect();
+        let m = |f: fn(&CastilloPrompt) -> f64| mean(&prompts.iter().map(f).collect::<Vec<_>>());
+        CastilloStep {
+            step,
+            n_prompts: prompts.len(),
+            mean: m(|p| p.mean),
+            std: m(|p| p.std),
+            min: m(|p| p.min),
+            max: m(|p| p.max),
+            p25: m(|p| p.p25),
+            p50: m(|p| p.p50),
+            p75: m(|p| p.p75),
+            p99: m(|p| p.p99),
+            degenerate_frac: frac(
+                prompts.iter().filter(|p| p.degenerate).count(),
+                prompts.len(),
+            ),
+            prompts,
+        }
+    }
+}
+
 /// Length figures of one RL step.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepLengths {
@@ -207,6 +328,10 @@ pub struct LengthAnalysis {
     pub truncated_frac: Option<f64>,
     /// Per-step figures, by increasing step.
     pub by_step: Vec<StepLengths>,
+    /// CASTILLO per-prompt length statistics at the first RL step.
+    pub castillo_first_step: CastilloStep,
+    /// The same at the last RL step.
+    pub castillo_last_step: CastilloStep,
 }
 
 /// Lengths of the A>0 and A<0 responses of each (step, prompt) group.
@@ -298,5 +423,7 @@ pub fn analyse_lengths(rollouts: &[RolloutRecord]) -> LengthAnalysis {
         truncated,
         truncated_frac: frac(truncated.n, rollouts.len()),
         by_step,
+        castillo_first_step: CastilloStep::of(rollouts, first),
+        castillo_last_step: CastilloStep::of(rollouts, last),
     }
 }

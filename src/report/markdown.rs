@@ -53,14 +53,10 @@ pub fn render(cmp: &Comparison) -> String {
     let mut s = String::new();
     // `write!` into a String cannot fail; the results are ignored below for that reason.
     let _ = writeln!(s, "# luspo comparison\n");
-    let objectives: Vec<&str> = cmp
-        .by_objective
-        .iter()
-        .map(|o| o.objective.as_str())
-        .collect();
+    let objectives: Vec<&str> = cmp.by_objective.iter().map(|o| o.arm.as_str()).collect();
     let _ = writeln!(
         s,
-        "{} run(s), objectives: {}. Figures over seeds are mean ± sample std.\n",
+        "{} run(s), arms: {}. Figures over seeds are mean ± sample std.\n",
         cmp.runs.len(),
         objectives.join(", ")
     );
@@ -68,7 +64,7 @@ pub fn render(cmp: &Comparison) -> String {
     let _ = writeln!(s, "## Final figures (held-out evaluation)\n");
     let _ = writeln!(
         s,
-        "| objective | seeds | accuracy before | accuracy after | Δ accuracy | length before | length after | Δ length |"
+        "| arm | seeds | accuracy before | accuracy after | Δ accuracy | length before | length after | Δ length |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for o in &cmp.by_objective {
@@ -84,7 +80,7 @@ pub fn render(cmp: &Comparison) -> String {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            o.objective,
+            o.arm,
             o.n_seeds,
             stat(&o.eval_accuracy_before, true),
             stat(&o.eval_accuracy_after, true),
@@ -98,14 +94,14 @@ pub fn render(cmp: &Comparison) -> String {
     let _ = writeln!(s, "\n### Runs\n");
     let _ = writeln!(
         s,
-        "| objective | seed | steps | accuracy before | accuracy after | length before | length after | run |"
+        "| arm | seed | steps | accuracy before | accuracy after | length before | length after | run |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|");
     for r in &cmp.runs {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} | {} | `{}` |",
-            r.objective,
+            r.arm,
             r.seed,
             r.steps,
             pct(r.eval_accuracy_before),
@@ -126,14 +122,14 @@ pub fn render(cmp: &Comparison) -> String {
     let _ = writeln!(s, "### Per objective (whole run, mean ± std over seeds)\n");
     let _ = writeln!(
         s,
-        "| objective | final train length | correct length | incorrect length | A>0 length | A<0 length | truncated |"
+        "| arm | final train length | correct length | incorrect length | A>0 length | A<0 length | truncated |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
     for o in &cmp.by_objective {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} | {} |",
-            o.objective,
+            o.arm,
             stat(&o.final_response_length_mean, false),
             stat(&o.correct_mean_length, false),
             stat(&o.incorrect_mean_length, false),
@@ -151,7 +147,7 @@ pub fn render(cmp: &Comparison) -> String {
     );
     let _ = writeln!(
         s,
-        "| objective | seed | groups | mean | std | p10 | p50 | p90 | within-prompt std | p50 first → last step |"
+        "| arm | seed | groups | mean | std | p10 | p50 | p90 | within-prompt std | p50 first → last step |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &cmp.runs {
@@ -160,7 +156,7 @@ pub fn render(cmp: &Comparison) -> String {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} → {} |",
-            r.objective,
+            r.arm,
             r.seed,
             p.n_groups,
             num(p.mean, 1),
@@ -182,7 +178,7 @@ pub fn render(cmp: &Comparison) -> String {
     );
     let _ = writeln!(
         s,
-        "| objective | seed | A>0 length | A<0 length | gap | Δ/step A>0 | Δ/step A<0 | A>0 first → last | A<0 first → last |"
+        "| arm | seed | A>0 length | A<0 length | gap | Δ/step A>0 | Δ/step A<0 | A>0 first → last | A<0 first → last |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &cmp.runs {
@@ -190,7 +186,7 @@ pub fn render(cmp: &Comparison) -> String {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.objective,
+            r.arm,
             r.seed,
             num(la.positive_advantage.mean_length, 1),
             num(la.negative_advantage.mean_length, 1),
@@ -205,7 +201,7 @@ pub fn render(cmp: &Comparison) -> String {
     let _ = writeln!(s, "\n### Correct vs incorrect, truncation\n");
     let _ = writeln!(
         s,
-        "| objective | seed | responses | correct | correct length | incorrect | incorrect length | truncated | length first → last step |"
+        "| arm | seed | responses | correct | correct length | incorrect | incorrect length | truncated | length first → last step |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &cmp.runs {
@@ -213,7 +209,7 @@ pub fn render(cmp: &Comparison) -> String {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.objective,
+            r.arm,
             r.seed,
             la.n_responses,
             la.correct.n,
@@ -223,6 +219,45 @@ pub fn render(cmp: &Comparison) -> String {
             pct(la.truncated_frac),
             first_last(la, |x| x.mean_length)
         );
+    }
+    let _ = writeln!(
+        s,
+        "\n### Per-prompt length statistics (CASTILLO)\n\nOver the responses to each prompt at one RL step, \
+         then the mean over that step's prompts; std is the population std, percentiles interpolate linearly \
+         (numpy's defaults); a prompt is degenerate when some response hit the length limit (repetition is not \
+         checked). Per-prompt values: `compare.json`, `runs[].length_analysis.castillo_first_step` / \
+         `castillo_last_step`.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| arm | seed | step | prompts | mean | std | min | max | p25 | p50 | p75 | p99 | degenerate |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in &cmp.runs {
+        let la = &r.length_analysis;
+        for c in [&la.castillo_first_step, &la.castillo_last_step] {
+            let Some(step) = c.step else { continue };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.arm,
+                r.seed,
+                step,
+                c.n_prompts,
+                num(c.mean, 1),
+                num(c.std, 1),
+                num(c.min, 1),
+                num(c.max, 1),
+                num(c.p25, 1),
+                num(c.p50, 1),
+                num(c.p75, 1),
+                num(c.p99, 1),
+                pct(c.degenerate_frac)
+            );
+        }
     }
     drivers(&mut s, cmp);
     let _ = writeln!(
@@ -249,11 +284,7 @@ fn drivers(s: &mut String, cmp: &Comparison) {
          (`train::mechanism`).\n"
     );
     for o in &cmp.by_objective {
-        let runs: Vec<_> = cmp
-            .runs
-            .iter()
-            .filter(|r| r.objective == o.objective)
-            .collect();
+        let runs: Vec<_> = cmp.runs.iter().filter(|r| r.arm == o.arm).collect();
         let over = |f: &dyn Fn(&super::Curves) -> Option<f64>| {
             finite_mean(runs.iter().filter_map(|r| f(&r.curves)))
         };
@@ -284,11 +315,7 @@ fn drivers(s: &mut String, cmp: &Comparison) {
             ("clipping", part(|c| &c.len_push_clip)),
         ];
         let (Some(first), Some(last), Some(total)) = (first, last, part(|c| &c.len_push)) else {
-            let _ = writeln!(
-                s,
-                "- **{}**: no mechanism metrics in these runs.",
-                o.objective
-            );
+            let _ = writeln!(s, "- **{}**: no mechanism metrics in these runs.", o.arm);
             continue;
         };
         let (name, v) =
@@ -307,7 +334,7 @@ fn drivers(s: &mut String, cmp: &Comparison) {
             s,
             "- **{}**: length {first:.1} → {last:.1} ({:.2}×); mean push {total:+.2}, of which {:+.2} reward, \
              {:+.2} weighting, {:+.2} clip: mostly {name}, towards {dir} responses.",
-            o.objective,
+            o.arm,
             last / first.max(1e-9),
             parts[0].1.unwrap_or(f64::NAN),
             parts[1].1.unwrap_or(f64::NAN),

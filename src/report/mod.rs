@@ -95,8 +95,12 @@ pub struct EvalCurves {
 /// One run in `compare.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunReport {
+    /// The arm this run belongs to (see [`arm_labels`]): its objective, its method, or `objective+method`.
+    pub arm: String,
     /// Objective preset name.
     pub objective: String,
+    /// The `[control]` method (`none` for plain runs).
+    pub method: String,
     /// Seed.
     pub seed: u64,
     /// The run directory, as given.
@@ -119,11 +123,15 @@ pub struct RunReport {
     pub length_analysis: LengthAnalysis,
 }
 
-/// One objective (all its seeds) in `compare.json`.
+/// One arm (all its seeds) in `compare.json`: an objective, or a `[control]` method.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ObjectiveReport {
+    /// The arm's label (see [`arm_labels`]).
+    pub arm: String,
     /// Objective preset name.
     pub objective: String,
+    /// The `[control]` method.
+    pub method: String,
     /// Number of runs (seeds).
     pub n_seeds: usize,
     /// Their seeds.
@@ -155,20 +163,43 @@ pub struct ObjectiveReport {
 /// The content of `compare.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Comparison {
-    /// Every run, grouped by objective (first-seen order), then by seed.
+    /// Every run, grouped by arm (first-seen order), then by seed.
     pub runs: Vec<RunReport>,
-    /// One entry per objective.
+    /// One entry per arm.
     pub by_objective: Vec<ObjectiveReport>,
     /// Plot files written, relative to the output folder (without extension: each has .svg and .png).
     pub plots: Vec<String>,
 }
 
-fn run_report(run: &Run) -> RunReport {
+/// The arm label of each run: the objective when no run has a `[control]` method, the method when every run has
+/// the same objective (a comparison over methods, `none` the baseline), else `objective+method` (`objective` alone
+/// for method `none`).
+pub fn arm_labels(runs: &[Run]) -> Vec<String> {
+    let plain = runs.iter().all(|r| r.method == "none");
+    let one_objective = runs.iter().all(|r| r.objective == runs[0].objective);
+    runs.iter()
+        .map(|r| {
+            if plain {
+                r.objective.clone()
+            } else if one_objective {
+                r.method.clone()
+            } else if r.method == "none" {
+                r.objective.clone()
+            } else {
+                format!("{}+{}", r.objective, r.method)
+            }
+        })
+        .collect()
+}
+
+fn run_report(run: &Run, arm: String) -> RunReport {
     let ba = run.before_after();
     let m = &run.metrics;
     let col = |f: fn(&crate::metrics::StepMetrics) -> f64| m.iter().map(f).collect::<Vec<f64>>();
     RunReport {
+        arm,
         objective: run.objective.clone(),
+        method: run.method.clone(),
         seed: run.seed,
         run_dir: run.dir.display().to_string(),
         steps: run.steps(),
@@ -209,13 +240,13 @@ fn run_report(run: &Run) -> RunReport {
     }
 }
 
-/// Objectives in first-seen order, each with its runs sorted by seed.
+/// Arms in first-seen order, each with its runs sorted by seed.
 fn group_by_objective(runs: &[RunReport]) -> Vec<(String, Vec<&RunReport>)> {
     let mut groups: Vec<(String, Vec<&RunReport>)> = Vec::new();
     for r in runs {
-        match groups.iter_mut().find(|(o, _)| *o == r.objective) {
+        match groups.iter_mut().find(|(o, _)| *o == r.arm) {
             Some((_, v)) => v.push(r),
-            None => groups.push((r.objective.clone(), vec![r])),
+            None => groups.push((r.arm.clone(), vec![r])),
         }
     }
     for (_, v) in &mut groups {
@@ -224,12 +255,14 @@ fn group_by_objective(runs: &[RunReport]) -> Vec<(String, Vec<&RunReport>)> {
     groups
 }
 
-fn objective_report(objective: &str, runs: &[&RunReport]) -> ObjectiveReport {
+fn objective_report(arm: &str, runs: &[&RunReport]) -> ObjectiveReport {
     let stat = |f: &dyn Fn(&RunReport) -> Option<f64>| {
         Stat::of(&runs.iter().map(|r| f(r)).collect::<Vec<_>>())
     };
     ObjectiveReport {
-        objective: objective.to_string(),
+        arm: arm.to_string(),
+        objective: runs[0].objective.clone(),
+        method: runs[0].method.clone(),
         n_seeds: runs.len(),
         seeds: runs.iter().map(|r| r.seed).collect(),
         eval_accuracy_before: stat(&|r| r.eval_accuracy_before),
@@ -248,7 +281,11 @@ fn objective_report(objective: &str, runs: &[&RunReport]) -> ObjectiveReport {
 
 /// Builds the comparison of `runs` (no files written).
 pub fn compare(runs: &[Run]) -> Comparison {
-    let reports: Vec<RunReport> = runs.iter().map(run_report).collect();
+    let reports: Vec<RunReport> = runs
+        .iter()
+        .zip(arm_labels(runs))
+        .map(|(r, arm)| run_report(r, arm))
+        .collect();
     let groups = group_by_objective(&reports);
     let by_objective = groups
         .iter()

@@ -13,6 +13,8 @@ pub struct Run {
     pub dir: PathBuf,
     /// Objective preset name (from `summary.json`, else `objective.name` in `config.toml`).
     pub objective: String,
+    /// The `[control]` method (`control.method` in `config.toml`; `none` when absent).
+    pub method: String,
     /// Run seed (from `summary.json`, else `seed` in `config.toml`, else 0).
     pub seed: u64,
     /// One record per RL step, in file order.
@@ -285,6 +287,13 @@ pub fn load_run(dir: &Path) -> Result<Run> {
                 )
             })?,
     };
+    let method = config
+        .as_ref()
+        .and_then(|c| c.get("control"))
+        .and_then(|c| c.get("method"))
+        .and_then(|m| m.as_str())
+        .unwrap_or("none")
+        .to_string();
     let seed = match &summary {
         Some(s) => s.seed,
         None => config.as_ref().and_then(config_seed).unwrap_or(0),
@@ -292,6 +301,7 @@ pub fn load_run(dir: &Path) -> Result<Run> {
     Ok(Run {
         dir: dir.to_path_buf(),
         objective,
+        method,
         seed,
         metrics: read_jsonl_nan_opt(&dir.join("metrics.jsonl"))?,
         evals: read_jsonl_nan_opt(&dir.join("eval.jsonl"))?,

@@ -64,6 +64,7 @@ pub fn seq_weights(
             entropy: entropy.as_ref(),
             groups: inputs.groups,
             token_weights: token_weights.as_ref(),
+            entropy_coefs: None,
             global_counts: inputs.global_counts,
         },
     )?;

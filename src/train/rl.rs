@@ -66,6 +66,8 @@ struct Sample {
     advantage: f64,
     /// Per-token loss weights set by the control method (`None` = 1).
     token_weights: Option<Vec<f32>>,
+    /// The control method's entropy coefficient of this response (CEEH's λ(x, t)), if it sets one.
+    entropy_coef: Option<f64>,
     old_lp: Vec<f32>,
     ref_lp: Option<Vec<f32>>,
     train: bool,
@@ -470,6 +472,8 @@ struct MiniBatch {
     ref_lp: Option<Tensor>,
     /// `(B, T)` per-token loss weights when some sample has them (1 elsewhere).
     token_weights: Option<Tensor>,
+    /// `(B,)` per-sequence entropy coefficients when some sample has one (0 elsewhere).
+    entropy_coefs: Option<Tensor>,
 }
 
 /// Builds the per-token tensors of a set of samples.
@@ -521,6 +525,15 @@ fn tensors_of(samples: &[&Sample], pad: u32, device: &Device) -> Result<MiniBatc
     } else {
         None
     };
+    let entropy_coefs = if samples.iter().any(|s| s.entropy_coef.is_some()) {
+        let c: Vec<f32> = samples
+            .iter()
+            .map(|s| s.entropy_coef.unwrap_or(0.0) as f32)
+            .collect();
+        Some(Tensor::from_vec(c, b, device)?)
+    } else {
+        None
+    };
     Ok(MiniBatch {
         batch,
         old,
@@ -528,6 +541,7 @@ fn tensors_of(samples: &[&Sample], pad: u32, device: &Device) -> Result<MiniBatc
         adv,
         ref_lp: rf,
         token_weights,
+        entropy_coefs,
     })
 }
 
@@ -597,6 +611,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
     let at = StepInfo {
         step,
         max_new_tokens: params.max_new_tokens,
+        total_steps: cfg.train.steps,
     };
     while kept_groups.len() < p_count {
         let need = p_count - kept_groups.len();
@@ -650,6 +665,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                     shaped: r.total,
                     advantage: 0.0,
                     token_weights: None,
+                    entropy_coef: None,
                     old_lp: vec![],
                     ref_lp: None,
                     train: !(truncated && cfg.rollout.mask_truncated || c.ids.is_empty()),
@@ -745,6 +761,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
             let s = &mut samples[gi * g + j];
             s.advantage = adv.seq[k][j];
             s.token_weights = adv.token_weights.as_ref().map(|w| w[k][j].clone());
+            s.entropy_coef = adv.entropy_coefs.as_ref().map(|c| c[k][j]);
         }
     }
     let kept: Vec<usize> = kept_groups
@@ -882,9 +899,11 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                     mask: &mbt.mask,
                     advantages: &mbt.adv,
                     ref_logp: mbt.ref_lp.as_ref(),
-                    entropy: ctx.obj.needs_entropy().then_some(&ent),
+                    entropy: (ctx.obj.needs_entropy() || mbt.entropy_coefs.is_some())
+                        .then_some(&ent),
                     groups: Some(&groups),
                     token_weights: mbt.token_weights.as_ref(),
+                    entropy_coefs: mbt.entropy_coefs.as_ref(),
                     global_counts: if split {
                         Some((n_seq as f64, n_tok as f64))
                     } else {

@@ -90,6 +90,7 @@ pub fn eval_with(
         entropy: entropy.as_ref().map(|e| e.as_tensor()),
         groups: None,
         token_weights: None,
+        entropy_coefs: None,
         global_counts: gc,
     };
     let out = policy_loss(cfg, &inputs).unwrap();
