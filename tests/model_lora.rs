@@ -439,3 +439,41 @@ fn bad_lora_settings_are_named() {
         .to_string();
     assert!(err.contains("rank"), "{err}");
 }
+
+/// Writes an adapter with luspo's writer to `$LUSPO_LORA_CHECK` (PEFT's `lora_all` with B halved) and prints
+/// luspo's log-probs of the first reference sequence, for `scripts/make_lora_fixtures.py check DIR`: PEFT must load
+/// the directory and give the same numbers.
+#[test]
+#[ignore]
+fn write_adapter_for_python_check() {
+    let out = PathBuf::from(std::env::var("LUSPO_LORA_CHECK").expect("set LUSPO_LORA_CHECK"));
+    let base = io::load(&fixture("llama"), &Device::Cpu).unwrap();
+    let (cfg, mut tensors) =
+        lora::read_peft(&fixture("lora_all"), DType::F32, &Device::Cpu).unwrap();
+    for (k, t) in tensors.iter_mut() {
+        if k.contains("lora_B") {
+            *t = (&*t * 0.5).unwrap();
+        }
+    }
+    let model = base.model.with_adapters(&cfg, &tensors).unwrap();
+    lora::save_peft(
+        &out,
+        &cfg,
+        &model.adapter_parameters(),
+        "tests/fixtures/hf/llama",
+    )
+    .unwrap();
+    let reference = json(&fixture("lora_all").join("reference.json"));
+    let seq: Vec<u32> = reference["sequences"][0]["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let lp = candle_nn::ops::log_softmax(&logits(&model, &seq), 2).unwrap();
+    let lp: Vec<Vec<f64>> = lp.squeeze(0).unwrap().to_vec2().unwrap();
+    let got: Vec<f64> = (0..seq.len() - 1)
+        .map(|t| lp[t][seq[t + 1] as usize])
+        .collect();
+    println!("{}", serde_json::json!({ "luspo": got }));
+}
