@@ -11,7 +11,7 @@ use crate::{input_err, Result};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// The element type of the exported 2-D weights.
@@ -158,11 +158,9 @@ pub fn export_gguf(m: &LoadedModel, out: &Path, dtype: GgufDType) -> Result<()> 
 /// Every tensor of `m` under its GGUF name, q/k re-interleaved, 2-D weights in `dtype`.
 fn gguf_tensors(m: &LoadedModel, dtype: GgufDType) -> Result<Vec<(String, QTensor)>> {
     let c = &m.config;
-    let vars = m
-        .varmap
-        .data()
-        .lock()
-        .map_err(|_| input_err!("internal: VarMap lock poisoned"))?;
+    // The model's own parameters (shared storage; LoRA adapters merged), not the varmap, which under LoRA holds
+    // only the adapters.
+    let vars: HashMap<String, Tensor> = m.model.merged_parameters()?.into_iter().collect();
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
     let mut out = Vec::with_capacity(names.len());
@@ -172,10 +170,7 @@ fn gguf_tensors(m: &LoadedModel, dtype: GgufDType) -> Result<Vec<(String, QTenso
         }
         let gg = hf_to_gguf_name(hf)
             .ok_or_else(|| input_err!("GGUF export: no llama.cpp name for tensor `{hf}`"))?;
-        let mut t: Tensor = vars[hf]
-            .as_tensor()
-            .to_device(&Device::Cpu)?
-            .to_dtype(DType::F32)?;
+        let mut t: Tensor = vars[hf].to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
         if hf.contains("self_attn.q_proj") {
             t = io::permute_qk(&t, c.num_attention_heads)?;
         } else if hf.contains("self_attn.k_proj") {

@@ -401,9 +401,30 @@ fn sampler_top_p_large_vocab() {
 #[test]
 fn host_decode_step_matches_forward_cached() {
     use luspo::model::{DecodeState, KvCache};
-    for kind in ["llama", "llama_tied", "llama_bias", "qwen2"] {
-        let cfg = tiny_config(kind);
-        let (model, _) = tiny_model(&cfg, DType::F32, 11);
+    for kind in ["llama", "llama_tied", "llama_bias", "qwen2", "llama+lora"] {
+        let cfg = tiny_config(kind.trim_end_matches("+lora"));
+        let (mut model, _) = tiny_model(&cfg, DType::F32, 11);
+        if kind.ends_with("+lora") {
+            // Adapters on every projection, with B made nonzero (it starts at zero).
+            let vm = candle_nn::VarMap::new();
+            let lcfg = luspo::model::lora::LoraConfig {
+                r: 3,
+                alpha: 5.0,
+                ..Default::default()
+            };
+            model.attach_lora(&lcfg, &vm, 2).unwrap();
+            for (name, var) in vm.data().lock().unwrap().iter() {
+                let i: usize = name.bytes().map(usize::from).sum();
+                if name.contains("lora_B") {
+                    let n = var.as_tensor().elem_count();
+                    let v: Vec<f32> = (0..n)
+                        .map(|j| 0.05 * (((j * 13 + i * 7) % 11) as f32 - 5.0))
+                        .collect();
+                    var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                        .unwrap();
+                }
+            }
+        }
         // 10 rows: more than ops::gemv takes, so the gemm path runs (the other tests, with 4 rows, run gemv).
         let (b, lmax, cap, steps) = (10usize, 5usize, 12usize, 6usize);
         let lens: Vec<usize> = (0..b).map(|r| [5, 2, 4][r % 3]).collect();

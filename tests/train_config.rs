@@ -189,6 +189,7 @@ fn every_shipped_config_parses() {
         "luspo",
         "cispo",
         "smollm2_wordproblem",
+        "smollm2_lora",
     ] {
         assert!(
             names.iter().any(|n| n == want),

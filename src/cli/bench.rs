@@ -46,6 +46,9 @@ pub struct BenchArgs {
     /// Device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Attach LoRA adapters of this rank (alpha = 2·rank) to all seven projections: only they train.
+    #[arg(long)]
+    pub lora: Option<usize>,
     /// Skip generation.
     #[arg(long)]
     pub no_gen: bool,
@@ -121,6 +124,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
     model.set_reference_ops(args.composed);
+    let varmap = match args.lora {
+        Some(r) => {
+            let lora = crate::model::lora::LoraConfig {
+                r,
+                alpha: 2.0 * r as f64,
+                ..Default::default()
+            };
+            let adapters = VarMap::new();
+            model.attach_lora(&lora, &adapters, 0)?;
+            adapters
+        }
+        None => varmap,
+    };
     model.set_decode_f16(args.decode_f16);
     let config = model.config.clone();
     let nparams: usize = model
@@ -145,6 +161,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         candle_core::utils::get_num_threads(),
         if args.composed { "composed" } else { "fused" }
     );
+    if let Some(r) = args.lora {
+        let n: usize = model
+            .adapter_parameters()
+            .iter()
+            .map(|(_, t)| t.elem_count())
+            .sum();
+        println!(
+            "LoRA r={r} on all seven projections: {:.2} M trainable parameters",
+            n as f64 / 1e6
+        );
+    }
     let v = config.vocab_size as u32;
     let mut x = 12345u64;
     let mut tok = move || {

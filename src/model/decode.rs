@@ -38,12 +38,13 @@ pub struct DecodeState {
     w16: Option<Vec<Option<Vec<f16>>>>,
 }
 
-/// One weight matrix `(out, in)` and its bias, as host slices.
+/// One weight matrix `(out, in)`, its bias and its LoRA adapter `(A (r, in), B (out, r), alpha/r)`, as host slices.
 struct Lin<'a> {
     w: &'a [f32],
     /// The same weight in f16, when decoding reads f16 weights.
     w16: Option<&'a [f16]>,
     b: Option<&'a [f32]>,
+    lora: Option<(&'a [f32], &'a [f32], f32)>,
     out: usize,
     inp: usize,
 }
@@ -95,6 +96,19 @@ impl Lin<'_> {
                 row.iter_mut().zip(b).for_each(|(a, &c)| *a += c);
             }
         }
+        if let Some((a, bm, s)) = self.lora {
+            // y += s·(x Aᵀ)Bᵀ, row by row: r·(in + out) products per row, small next to the base's in·out.
+            let r = a.len() / k;
+            let mut u = vec![0f32; r];
+            for (xr, yr) in x[..n * k].chunks(k).zip(y.chunks_mut(o)) {
+                for (uj, aj) in u.iter_mut().zip(a.chunks(k)) {
+                    *uj = s * xr.iter().zip(aj).map(|(p, q)| p * q).sum::<f32>();
+                }
+                for (yo, bo) in yr.iter_mut().zip(bm.chunks(r)) {
+                    *yo += u.iter().zip(bo).map(|(p, q)| p * q).sum::<f32>();
+                }
+            }
+        }
     }
 }
 
@@ -121,13 +135,20 @@ impl<'a> Cursor<'a> {
             .expect("weights_for_decode: a required tensor is absent")
     }
 
-    /// A weight `(out, inp)` and its optional bias.
-    fn lin(&mut self, out: usize, inp: usize) -> Lin<'a> {
+    /// A weight `(out, inp)`, its optional bias and optional LoRA `A`, `B` (scaled by `lora_scale`), with the
+    /// weight's f16 copy when decoding has one.
+    fn lin(&mut self, out: usize, inp: usize, lora_scale: f32) -> Lin<'a> {
         let (w, w16) = self.next();
+        let b = self.opt();
+        let lora = match (self.opt(), self.opt()) {
+            (Some(a), Some(bm)) => Some((a, bm, lora_scale)),
+            _ => None,
+        };
         Lin {
             w: w.expect("weights_for_decode: a required tensor is absent"),
             w16,
-            b: self.opt(),
+            b,
+            lora,
             out,
             inp,
         }
@@ -281,6 +302,7 @@ impl DecodeState {
         let (rep, half) = (nh / nkv, hd / 2);
         let eps = c.rms_norm_eps as f32;
         let scale = 1.0 / (hd as f32).sqrt();
+        let ls = model.lora().map_or(0.0, |l| l.scale() as f32);
         let w = model.weights_for_decode();
         let guards: Vec<_> = w
             .iter()
@@ -307,6 +329,7 @@ impl DecodeState {
                 w: w.expect("weights_for_decode: the LM head is absent"),
                 w16,
                 b: None,
+                lora: None,
                 out: vocab,
                 inp: d,
             }
@@ -327,12 +350,16 @@ impl DecodeState {
         }
         for li in 0..c.num_hidden_layers {
             let ln1 = cur.req();
-            let lq = cur.lin(nh * hd, d);
-            let lk = cur.lin(nkv * hd, d);
-            let lv = cur.lin(nkv * hd, d);
-            let lo = cur.lin(d, nh * hd);
+            let lq = cur.lin(nh * hd, d, ls);
+            let lk = cur.lin(nkv * hd, d, ls);
+            let lv = cur.lin(nkv * hd, d, ls);
+            let lo = cur.lin(d, nh * hd, ls);
             let ln2 = cur.req();
-            let (lg, lu, ld) = (cur.lin(ffn, d), cur.lin(ffn, d), cur.lin(d, ffn));
+            let (lg, lu, ld) = (
+                cur.lin(ffn, d, ls),
+                cur.lin(ffn, d, ls),
+                cur.lin(d, ffn, ls),
+            );
             rms_norm(&self.x, ln1, eps, &mut self.h[..b * d]);
             lq.apply(&self.h, b, &mut self.q);
             lk.apply(&self.h, b, &mut self.kn);

@@ -833,8 +833,20 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
     std::fs::write(path, s).map_err(|e| input_err!("{}: cannot write: {e}", path.display()))
 }
 
-/// Saves `m` as an HF directory (f32 safetensors with HF names, config, tokenizer, chat template).
+/// Saves `m` as an HF directory (f32 safetensors with HF names, config, tokenizer, chat template); a LoRA model's
+/// adapters are merged into its weights (`W + (alpha/r)·B·A`).
 pub fn save_hf(dir: &Path, m: &LoadedModel) -> Result<()> {
+    if m.model.lora().is_some() {
+        return save_hf_tensors(
+            dir,
+            &m.config,
+            m.model.merged_parameters()?,
+            &m.tokenizer,
+            m.chat_template.as_ref(),
+            m.tokenizer_config.as_ref(),
+            m.generation_config.as_ref(),
+        );
+    }
     save_hf_parts(
         dir,
         &m.config,
@@ -857,6 +869,36 @@ pub fn save_hf_parts(
     tokenizer_config: Option<&serde_json::Map<String, Value>>,
     generation_config: Option<&serde_json::Map<String, Value>>,
 ) -> Result<()> {
+    let named: Vec<(String, Tensor)> = {
+        let vars = varmap
+            .data()
+            .lock()
+            .map_err(|_| input_err!("internal: VarMap lock poisoned"))?;
+        vars.iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
+    };
+    save_hf_tensors(
+        dir,
+        config,
+        named,
+        tok,
+        chat_template,
+        tokenizer_config,
+        generation_config,
+    )
+}
+
+/// [`save_hf_parts`] from named tensors instead of a `VarMap`.
+pub fn save_hf_tensors(
+    dir: &Path,
+    config: &Config,
+    named: Vec<(String, Tensor)>,
+    tok: &Tok,
+    chat_template: Option<&ChatTemplate>,
+    tokenizer_config: Option<&serde_json::Map<String, Value>>,
+    generation_config: Option<&serde_json::Map<String, Value>>,
+) -> Result<()> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| input_err!("{}: {e}", parent.display()))?;
     }
@@ -865,7 +907,7 @@ pub fn save_hf_parts(
     let res = write_hf_files(
         &tmp,
         config,
-        varmap,
+        named,
         tok,
         chat_template,
         tokenizer_config,
@@ -892,7 +934,7 @@ pub fn save_hf_parts(
 fn write_hf_files(
     dir: &Path,
     config: &Config,
-    varmap: &VarMap,
+    named: Vec<(String, Tensor)>,
     tok: &Tok,
     chat_template: Option<&ChatTemplate>,
     tokenizer_config: Option<&serde_json::Map<String, Value>>,
@@ -925,24 +967,18 @@ fn write_hf_files(
     write_json(&dir.join("config.json"), &cfg)?;
 
     // model.safetensors (f32, HF names; a tied model has no lm_head.weight)
-    let vars = varmap
-        .data()
-        .lock()
-        .map_err(|_| input_err!("internal: VarMap lock poisoned"))?;
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
-    for (name, var) in vars.iter() {
+    for (name, t) in named {
         if config.tie_word_embeddings && name == "lm_head.weight" {
             continue;
         }
         tensors.insert(
-            name.clone(),
-            var.as_tensor()
-                .to_dtype(DType::F32)?
+            name,
+            t.to_dtype(DType::F32)?
                 .to_device(&Device::Cpu)?
                 .contiguous()?,
         );
     }
-    drop(vars);
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())]
         .into_iter()
         .collect();

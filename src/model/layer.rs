@@ -11,7 +11,13 @@
 //! `h1 = rms(x)·ln1; [q|k|v] = h1 W_qkvᵀ + b_qkv; x2 = x + attn(q,k,v) W_oᵀ + b_o; h2 = rms(x2)·ln2;`
 //! `[g|u] = h2 W_guᵀ + b_gu; y = x2 + (silu(g)·u) W_downᵀ + b_down`.
 //! Checked against the composed reference and by f64 finite differences (`tests/model_grad.rs`).
+//!
+//! With LoRA the base weights are frozen: the node's second input is then the packed adapters
+//! (`A_q, B_q, A_k, B_k, …` for the targeted projections in `lora::TARGETS` order), each targeted projection adds
+//! `s·(x Aᵀ)Bᵀ`, and the backward computes `dx` and the adapter gradients only, never the (frozen) weight gradients:
+//! with `u = x Aᵀ`, `dB = s·dyᵀu`, `du = s·dy B`, `dA = duᵀx`, `dx += du A`.
 
+use super::lora::Adapter;
 use crate::ops;
 use crate::ops::attn::{AttnBwdOp, AttnFwdOp, AttnShape};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
@@ -42,6 +48,8 @@ pub(crate) struct LayerParams<'a> {
     pub wd: &'a Tensor,
     /// gate, up and down biases, all or none.
     pub bmlp: Option<[&'a Tensor; 3]>,
+    /// LoRA adapters of q, k, v, o, gate, up, down (`lora::TARGETS` order); any present freezes the base.
+    pub lora: [Option<&'a Adapter>; 7],
 }
 
 /// Sizes and where each parameter sits in the packed vector.
@@ -159,6 +167,32 @@ fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Ten
     }
 }
 
+/// A projection's adapter as the node keeps it: detached `A`, `B`, the scale and the saved `u = x Aᵀ`.
+struct SavedLora {
+    ad: Adapter,
+    u: Tensor,
+}
+
+/// `(u, s·u Bᵀ)` with `u = x Aᵀ`.
+fn lora_fwd(x: &Tensor, a: &Adapter) -> candle_core::Result<(Tensor, Tensor)> {
+    let u = x.matmul(&a.a.t()?)?;
+    let d = (u.matmul(&a.b.t()?)? * a.scale)?;
+    Ok((u, d))
+}
+
+/// `(dA, dB, dx)` of `y = s·(x Aᵀ)Bᵀ` given `dy` (contiguous).
+fn lora_bwd(
+    x: &Tensor,
+    l: &SavedLora,
+    dy: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let db = (dy.t()?.matmul(&l.u)? * l.ad.scale)?;
+    let du = (dy.matmul(&l.ad.b)? * l.ad.scale)?;
+    let da = du.t()?.matmul(x)?;
+    let dx = du.matmul(&l.ad.a)?;
+    Ok((da, db, dx))
+}
+
 /// The attached node: the forward output and the activations the backward needs.
 struct LayerOp {
     packing: Packing,
@@ -182,6 +216,39 @@ struct LayerOp {
     /// `silu(gate)·up (N, F)`.
     m: Tensor,
     params: Views,
+    /// The adapters (`lora::TARGETS` order); any present = frozen base, second input = packed adapters.
+    lora: [Option<SavedLora>; 7],
+}
+
+impl LayerOp {
+    fn frozen(&self) -> bool {
+        self.lora.iter().any(Option::is_some)
+    }
+
+    /// Adds the adapters' input gradients to `dx_in` (the gradient of their shared input `x_in`) for the targets
+    /// `idx`, whose outputs are the column blocks `(offset, width)` of `dy`; stores `(dA, dB)` in `out`.
+    fn lora_back(
+        &self,
+        idx: &[(usize, usize, usize)],
+        x_in: &Tensor,
+        dy: &Tensor,
+        mut dx_in: Tensor,
+        out: &mut [Option<(Tensor, Tensor)>; 7],
+    ) -> candle_core::Result<Tensor> {
+        for &(j, off, width) in idx {
+            if let Some(l) = &self.lora[j] {
+                let g = if off == 0 && width == dy.dim(1)? {
+                    dy.clone()
+                } else {
+                    dy.narrow(1, off, width)?.contiguous()?
+                };
+                let (da, db, dx) = lora_bwd(x_in, l, &g)?;
+                dx_in = (dx_in + dx)?;
+                out[j] = Some((da, db));
+            }
+        }
+        Ok(dx_in)
+    }
 }
 
 impl CustomOp2 for LayerOp {
@@ -208,18 +275,27 @@ impl CustomOp2 for LayerOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let w = &self.params;
         let p = self.packing;
+        let frozen = self.frozen();
+        let kvw = (p.qkv - p.attn) / 2;
+        let mut lg: [Option<(Tensor, Tensor)>; 7] = Default::default();
         let dy = grad.detach().contiguous()?;
         // y = x2 + m W_dᵀ
-        let d_wd = dy.t()?.matmul(&self.m)?;
         let dm = dy.matmul(&w.wd)?;
+        let dm = self.lora_back(&[(6, 0, p.d)], &self.m, &dy, dm, &mut lg)?;
         let dgu = ops::swiglu_packed_bwd_no_grad(&self.gu, &dm)?;
-        let d_wgu = dgu.t()?.matmul(&self.h2)?;
         let dh2 = dgu.matmul(&w.wgu)?;
+        let dh2 = self.lora_back(
+            &[(4, 0, p.ffn), (5, p.ffn, p.ffn)],
+            &self.h2,
+            &dgu,
+            dh2,
+            &mut lg,
+        )?;
         let (dx2_norm, d_ln2) = ops::rms_norm_bwd_no_grad(&self.x2, &w.ln2, &dh2, self.eps)?;
         let dx2 = (&dy + dx2_norm)?;
         // x2 = x + o W_oᵀ
-        let d_wo = dx2.t()?.matmul(&self.o)?;
         let d_o = dx2.matmul(&w.wo)?;
+        let d_o = self.lora_back(&[(3, 0, p.d)], &self.o, &dx2, d_o, &mut lg)?;
         let dqkv = self.attn.apply_op3_no_bwd(
             &d_o.contiguous()?,
             &self.rope,
@@ -228,10 +304,28 @@ impl CustomOp2 for LayerOp {
                 scale: self.scale,
             },
         )?;
-        let d_wqkv = dqkv.t()?.matmul(&self.h1)?;
         let dh1 = dqkv.matmul(&w.wqkv)?;
+        let dh1 = self.lora_back(
+            &[(0, 0, p.attn), (1, p.attn, kvw), (2, p.attn + kvw, kvw)],
+            &self.h1,
+            &dqkv,
+            dh1,
+            &mut lg,
+        )?;
         let (dx_norm, d_ln1) = ops::rms_norm_bwd_no_grad(&self.x, &w.ln1, &dh1, self.eps)?;
         let dx = (&dx2 + dx_norm)?;
+        if frozen {
+            // Only the adapters train: no weight gradient is computed.
+            let mut parts = vec![];
+            for (da, db) in lg.into_iter().flatten() {
+                parts.extend([da.flatten_all()?, db.flatten_all()?]);
+            }
+            return Ok((Some(dx), Some(Tensor::cat(&parts, 0)?)));
+        }
+        let d_wd = dy.t()?.matmul(&self.m)?;
+        let d_wgu = dgu.t()?.matmul(&self.h2)?;
+        let d_wo = dx2.t()?.matmul(&self.o)?;
+        let d_wqkv = dqkv.t()?.matmul(&self.h1)?;
         // a bias gradient is the column sum of its output's gradient
         let mut parts = vec![d_ln1, d_wqkv.flatten_all()?];
         if p.qkv_bias {
@@ -252,6 +346,38 @@ impl CustomOp2 for LayerOp {
         let dflat = Tensor::cat(&parts, 0)?;
         Ok((Some(dx), Some(dflat)))
     }
+}
+
+/// Adds the adapters `idx` (`(target, width)`, in column order) to `y`, whose column blocks they produce from the
+/// shared input `x`; saves them with their `u` into `saved`.
+fn add_lora_blocks(
+    y: Tensor,
+    x: &Tensor,
+    idx: &[(usize, usize)],
+    ads: &[Option<Adapter>; 7],
+    saved: &mut [Option<SavedLora>; 7],
+) -> candle_core::Result<Tensor> {
+    if idx.iter().all(|&(j, _)| ads[j].is_none()) {
+        return Ok(y);
+    }
+    let n = x.dim(0)?;
+    let mut parts = Vec::with_capacity(idx.len());
+    for &(j, width) in idx {
+        match &ads[j] {
+            Some(a) => {
+                let (u, d) = lora_fwd(x, a)?;
+                saved[j] = Some(SavedLora { ad: a.clone(), u });
+                parts.push(d);
+            }
+            None => parts.push(Tensor::zeros((n, width), y.dtype(), y.device())?),
+        }
+    }
+    let delta = if parts.len() == 1 {
+        parts.pop().expect("one part")
+    } else {
+        Tensor::cat(&parts, 1)?
+    };
+    y + delta
 }
 
 /// One differentiable decoder layer on the CPU: `x (N, d)` → `(N, d)`; `rope (B, T, hd)` RoPE rows `[cos | sin]`
@@ -303,20 +429,34 @@ pub(crate) fn decoder_layer(
         candle_core::bail!("decoder layer: parameter sizes do not match the config");
     }
     let v = Views::of(&flat.detach(), packing)?;
+    let ads: [Option<Adapter>; 7] = w.lora.map(|a| a.map(Adapter::detached));
+    let mut saved: [Option<SavedLora>; 7] = Default::default();
+    let kvw = dims.nkv * dims.hd;
+    let ffn = packing.ffn;
     let xd = x.detach().contiguous()?;
     let h1 = ops::rms_norm_no_grad(&xd, &v.ln1, eps)?;
     let qkv = linear(&h1, &v.wqkv, v.bqkv.as_ref())?;
+    let qkv = add_lora_blocks(
+        qkv,
+        &h1,
+        &[(0, packing.attn), (1, kvw), (2, kvw)],
+        &ads,
+        &mut saved,
+    )?;
     let attn = qkv
         .contiguous()?
         .apply_op3_no_bwd(rope, mask, &AttnFwdOp { shape: dims, scale })?;
     let o = attn
         .narrow(0, 0, dims.out_len())?
         .reshape((x.dim(0)?, packing.attn))?;
-    let x2 = (&xd + linear(&o, &v.wo, v.bo.as_ref())?)?;
+    let yo = linear(&o, &v.wo, v.bo.as_ref())?;
+    let x2 = (&xd + add_lora_blocks(yo, &o, &[(3, d)], &ads, &mut saved)?)?;
     let h2 = ops::rms_norm_no_grad(&x2, &v.ln2, eps)?;
     let gu = linear(&h2, &v.wgu, v.bgu.as_ref())?;
+    let gu = add_lora_blocks(gu, &h2, &[(4, ffn), (5, ffn)], &ads, &mut saved)?;
     let m = ops::swiglu_packed_no_grad(&gu)?;
-    let y = (&x2 + linear(&m, &v.wd, v.bd.as_ref())?)?;
+    let yd = linear(&m, &v.wd, v.bd.as_ref())?;
+    let y = (&x2 + add_lora_blocks(yd, &m, &[(6, d)], &ads, &mut saved)?)?;
     let op = LayerOp {
         packing,
         eps,
@@ -333,6 +473,15 @@ pub(crate) fn decoder_layer(
         gu,
         m,
         params: v,
+        lora: saved,
     };
+    if op.frozen() {
+        // The frozen base is no input of the node: the packed adapters are, so only they get gradients.
+        let mut parts = vec![];
+        for a in w.lora.iter().flatten() {
+            parts.extend([a.a.flatten_all()?, a.b.flatten_all()?]);
+        }
+        return x.apply_op2(&Tensor::cat(&parts, 0)?, op);
+    }
     x.apply_op2(&flat, op)
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod decode;
 pub mod io;
 mod layer;
+pub mod lora;
 pub mod tokenizer;
 pub mod transformer;
 

@@ -13,11 +13,13 @@
 
 use super::config::RopeFreqs;
 use super::layer;
+use super::lora::{self, Adapter, LoraConfig};
 use super::Config;
 use crate::ops;
 use crate::ops::attn::AttnShape;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::{Init, VarBuilder, VarMap};
+use std::collections::HashMap;
 
 /// Additive mask value for disallowed attention: finite so fully masked (pad) rows give no NaN.
 const MASK_NEG: f64 = -1e9;
@@ -25,11 +27,12 @@ const MASK_NEG: f64 = -1e9;
 /// Row count up to which the generation path uses the transposed product in [`Linear::forward_gen`].
 const SMALL_ROWS: usize = 64;
 
-/// A linear map `y = x Wᵀ + b` with HF layout (`weight` is `(out, in)`).
+/// A linear map `y = x Wᵀ + b` with HF layout (`weight` is `(out, in)`), plus `s·(x Aᵀ)Bᵀ` with a LoRA adapter.
 #[derive(Clone)]
 struct Linear {
     w: Tensor,
     b: Option<Tensor>,
+    lora: Option<Adapter>,
 }
 
 impl Linear {
@@ -55,13 +58,22 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { w, b })
+        Ok(Self { w, b, lora: None })
     }
 
     fn detached(&self) -> Self {
         Self {
             w: self.w.detach(),
             b: self.b.as_ref().map(|b| b.detach()),
+            lora: self.lora.as_ref().map(Adapter::detached),
+        }
+    }
+
+    /// `y` plus the adapter's `s·(x Aᵀ)Bᵀ` (2-D `x`, `y`), or `y` without an adapter.
+    fn add_lora(&self, x2: &Tensor, y: Tensor) -> candle_core::Result<Tensor> {
+        match &self.lora {
+            Some(a) => y + a.delta(x2)?,
+            None => Ok(y),
         }
     }
 
@@ -74,21 +86,24 @@ impl Linear {
         if n > SMALL_ROWS || !x.device().is_cpu() {
             return self.forward(x);
         }
-        if let Some(y) = ops::gemv::small_rows_xwt(&x.reshape((n, in_dim))?, &self.w)? {
+        let x2 = x.reshape((n, in_dim))?;
+        if let Some(y) = ops::gemv::small_rows_xwt(&x2, &self.w)? {
             let y = match &self.b {
                 Some(b) => y.broadcast_add(b)?,
                 None => y,
             };
+            let y = self.add_lora(&x2, y)?;
             let mut out_dims = dims;
             let last = out_dims.len() - 1;
             out_dims[last] = self.w.dim(0)?;
             return y.reshape(out_dims);
         }
-        let xt = x.reshape((n, in_dim))?.t()?.contiguous()?;
+        let xt = x2.t()?.contiguous()?;
         let mut y = self.w.matmul(&xt)?.t()?.contiguous()?;
         if let Some(b) = &self.b {
             y = y.broadcast_add(b)?;
         }
+        let y = self.add_lora(&x2, y)?;
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = self.w.dim(0)?;
@@ -99,10 +114,11 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if x.rank() == 2 {
             let y = x.matmul(&self.w.t()?)?;
-            return match &self.b {
-                Some(b) => y.broadcast_add(b),
-                None => Ok(y),
+            let y = match &self.b {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
             };
+            return self.add_lora(x, y);
         }
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
@@ -112,6 +128,7 @@ impl Linear {
         if let Some(b) = &self.b {
             y = y.broadcast_add(b)?;
         }
+        let y = self.add_lora(&x2, y)?;
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = self.w.dim(0)?;
@@ -160,7 +177,28 @@ impl Layer {
             wu: &self.up.w,
             wd: &self.down.w,
             bmlp,
+            lora: self.projections().map(|l| l.lora.as_ref()),
         })
+    }
+
+    /// The seven projections in [`lora::TARGETS`] order.
+    fn projections(&self) -> [&Linear; 7] {
+        [
+            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+        ]
+    }
+
+    /// Mutable [`projections`](Self::projections).
+    fn projections_mut(&mut self) -> [&mut Linear; 7] {
+        [
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.o,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.down,
+        ]
     }
 
     fn detached(&self) -> Self {
@@ -208,6 +246,7 @@ fn matmul_last(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     Linear {
         w: w.clone(),
         b: None,
+        lora: None,
     }
     .forward(x)
 }
@@ -223,6 +262,8 @@ pub struct Transformer {
     reference_ops: bool,
     /// Host decoding steps read f16 copies of the weight matrices (see `DecodeState`).
     decode_f16: bool,
+    /// The adapters' shape when LoRA is on (the base weights are then frozen tensors, not `Var`s).
+    lora: Option<LoraConfig>,
 }
 
 /// Per-layer key/value cache for batched generation: preallocated `(B, kv_heads, capacity, head_dim)` buffers.
@@ -397,6 +438,7 @@ impl Transformer {
             device: vb.device().clone(),
             reference_ops: false,
             decode_f16: false,
+            lora: None,
         })
     }
 
@@ -421,6 +463,172 @@ impl Transformer {
     /// Whether the training path uses the composed reference ops.
     pub fn reference_ops(&self) -> bool {
         self.reference_ops
+    }
+
+    /// The LoRA configuration when adapters are attached.
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref()
+    }
+
+    /// Freezes every base weight (they stop being `Var`s; storage is shared, nothing is copied) and attaches fresh
+    /// adapters to the projections `cfg.targets` names, created as `Var`s in `varmap` under
+    /// `model.layers.{i}.self_attn.q_proj.lora_A.weight` / `...lora_B.weight`: `A` kaiming-uniform from `seed`
+    /// (as PEFT), `B` zero, so the function is unchanged until the adapters train.
+    pub fn attach_lora(
+        &mut self,
+        cfg: &LoraConfig,
+        varmap: &VarMap,
+        seed: u64,
+    ) -> crate::Result<()> {
+        use rand::SeedableRng;
+        cfg.validate("model.lora")?;
+        if !cfg.enabled() {
+            return Err(crate::input_err!("model.lora.r = 0: no adapters to attach"));
+        }
+        if self.lora.is_some() {
+            return Err(crate::input_err!(
+                "attach_lora: the model already has adapters"
+            ));
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mask = cfg.mask();
+        self.w = self.w.detached();
+        let mut data = varmap
+            .data()
+            .lock()
+            .map_err(|_| crate::input_err!("attach_lora: the VarMap lock is poisoned"))?;
+        for (i, l) in self.w.layers.iter_mut().enumerate() {
+            for (j, lin) in l.projections_mut().into_iter().enumerate() {
+                if !mask[j] {
+                    continue;
+                }
+                let (out, inp) = lin.w.dims2()?;
+                let a = lora::init_a(cfg.r, inp, &mut rng, self.dtype, &self.device)?;
+                let a = candle_core::Var::from_tensor(&a)?;
+                let b = candle_core::Var::zeros((out, cfg.r), self.dtype, &self.device)?;
+                let name = lora::module_name(i, lora::TARGETS[j]);
+                data.insert(format!("{name}.lora_A.weight"), a.clone());
+                data.insert(format!("{name}.lora_B.weight"), b.clone());
+                lin.lora = Some(Adapter {
+                    a: a.as_tensor().clone(),
+                    b: b.as_tensor().clone(),
+                    scale: cfg.scale(),
+                });
+            }
+        }
+        self.lora = Some(cfg.clone());
+        Ok(())
+    }
+
+    /// A frozen copy (no `Var`s) that shares this model's base weights and takes `tensors`, named like
+    /// [`adapter_parameters`](Self::adapter_parameters), as its adapters: the KL reference of a LoRA run (no
+    /// second copy of the base), or a PEFT adapter over a base model. Every targeted projection must be present
+    /// with the right shape, and nothing else.
+    pub fn with_adapters(
+        &self,
+        cfg: &LoraConfig,
+        tensors: &HashMap<String, Tensor>,
+    ) -> crate::Result<Transformer> {
+        cfg.validate("adapter")?;
+        let mut w = self.w.detached();
+        let mask = cfg.mask();
+        let mut used = 0;
+        for (i, l) in w.layers.iter_mut().enumerate() {
+            for (j, lin) in l.projections_mut().into_iter().enumerate() {
+                lin.lora = None;
+                if !mask[j] || !cfg.enabled() {
+                    continue;
+                }
+                let (out, inp) = lin.w.dims2()?;
+                let name = lora::module_name(i, lora::TARGETS[j]);
+                let get = |ab: &str, shape: [usize; 2]| -> crate::Result<Tensor> {
+                    let key = format!("{name}.lora_{ab}.weight");
+                    let t = tensors
+                        .get(&key)
+                        .ok_or_else(|| crate::input_err!("adapter: no tensor `{key}`"))?;
+                    if t.dims() != shape {
+                        return Err(crate::input_err!(
+                            "adapter: `{key}` has shape {:?}, the model needs {shape:?}",
+                            t.dims()
+                        ));
+                    }
+                    Ok(t.detach().to_dtype(self.dtype)?.to_device(&self.device)?)
+                };
+                lin.lora = Some(Adapter {
+                    a: get("A", [cfg.r, inp])?,
+                    b: get("B", [out, cfg.r])?,
+                    scale: cfg.scale(),
+                });
+                used += 2;
+            }
+        }
+        if used != tensors.len() {
+            let mut extra: Vec<&String> = tensors
+                .keys()
+                .filter(|k| !Self::adapter_key_is_targeted(k, cfg, w.layers.len()))
+                .collect();
+            extra.sort();
+            return Err(crate::input_err!(
+                "adapter: tensors the model has no place for: {extra:?}"
+            ));
+        }
+        Ok(Transformer {
+            config: self.config.clone(),
+            w,
+            rope: self.rope.clone(),
+            dtype: self.dtype,
+            device: self.device.clone(),
+            reference_ops: self.reference_ops,
+            decode_f16: self.decode_f16,
+            lora: cfg.enabled().then(|| cfg.clone()),
+        })
+    }
+
+    fn adapter_key_is_targeted(key: &str, cfg: &LoraConfig, layers: usize) -> bool {
+        (0..layers).any(|i| {
+            cfg.targets.iter().any(|t| {
+                let m = lora::module_name(i, t);
+                key == format!("{m}.lora_A.weight") || key == format!("{m}.lora_B.weight")
+            })
+        })
+    }
+
+    /// The adapter tensors by name (`model.layers.0.self_attn.q_proj.lora_A.weight`, then `lora_B`), layer by
+    /// layer in [`lora::TARGETS`] order; empty without LoRA.
+    pub fn adapter_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![];
+        for (i, l) in self.w.layers.iter().enumerate() {
+            for (j, lin) in l.projections().into_iter().enumerate() {
+                if let Some(a) = &lin.lora {
+                    let name = lora::module_name(i, lora::TARGETS[j]);
+                    out.push((format!("{name}.lora_A.weight"), a.a.clone()));
+                    out.push((format!("{name}.lora_B.weight"), a.b.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// [`named_parameters`](Self::named_parameters) with every adapter merged into its weight, `W + s·B·A` (the
+    /// full HF checkpoint of a LoRA model); the parameters themselves without LoRA.
+    pub fn merged_parameters(&self) -> crate::Result<Vec<(String, Tensor)>> {
+        let mut dense: HashMap<String, Tensor> = HashMap::new();
+        for (i, l) in self.w.layers.iter().enumerate() {
+            for (j, lin) in l.projections().into_iter().enumerate() {
+                if let Some(a) = &lin.lora {
+                    let name = lora::module_name(i, lora::TARGETS[j]);
+                    dense.insert(format!("{name}.weight"), (lin.w.detach() + a.dense()?)?);
+                }
+            }
+        }
+        Ok(self
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| match dense.remove(&n) {
+                Some(m) => (n, m),
+                None => (n, t),
+            })
+            .collect())
     }
 
     /// The dtype of the parameters.
@@ -787,12 +995,14 @@ impl Transformer {
         Ok(Linear {
             w: w.lm_head.clone(),
             b: None,
+            lora: None,
         }
         .forward_gen(&x)?)
     }
 
     /// Every tensor the host decoding step reads, in its order: embedding, final norm, LM head, then per layer
-    /// input norm, q, k, v, o (each weight then its bias, `None` when absent), post-attention norm, gate, up, down.
+    /// input norm, q, k, v, o (each weight, its bias, its LoRA `A` and `B`; `None` when absent), post-attention
+    /// norm, gate, up, down.
     pub(super) fn weights_for_decode(&self) -> Vec<Option<Tensor>> {
         let w = &self.w;
         let mut out = vec![
@@ -802,12 +1012,20 @@ impl Transformer {
         ];
         for l in &w.layers {
             out.push(Some(l.input_layernorm.clone()));
+            let lin4 = |lin: &Linear| {
+                [
+                    Some(lin.w.clone()),
+                    lin.b.clone(),
+                    lin.lora.as_ref().map(|a| a.a.clone()),
+                    lin.lora.as_ref().map(|a| a.b.clone()),
+                ]
+            };
             for lin in [&l.q, &l.k, &l.v, &l.o] {
-                out.extend([Some(lin.w.clone()), lin.b.clone()]);
+                out.extend(lin4(lin));
             }
             out.push(Some(l.post_attention_layernorm.clone()));
             for lin in [&l.gate, &l.up, &l.down] {
-                out.extend([Some(lin.w.clone()), lin.b.clone()]);
+                out.extend(lin4(lin));
             }
         }
         out

@@ -77,6 +77,8 @@ pub struct ModelConfig {
     pub init_std: f64,
     /// Render chat-message prompts with the model's chat template when it has one.
     pub chat_template: bool,
+    /// `[model.lora]`: rank-r adapters on the projections instead of full fine-tuning (`r = 0` = off).
+    pub lora: crate::model::lora::LoraConfig,
 }
 
 impl Default for ModelConfig {
@@ -94,6 +96,7 @@ impl Default for ModelConfig {
             tie_embeddings: false,
             init_std: 0.02,
             chat_template: true,
+            lora: Default::default(),
         }
     }
 }

@@ -4,14 +4,16 @@
 use super::config::{ModelConfig, RunConfig};
 use crate::model::chat::{ChatTemplate, Message as ChatMessage};
 use crate::model::io::{self, LoadedModel, SourceKind};
+use crate::model::lora::LoraConfig;
 use crate::model::tokenizer::Tok;
 use crate::model::{Config, Transformer};
 use crate::rollout::{self, Completion, SamplingParams};
 use crate::task::{Prompt, Task};
 use crate::{input_err, Result};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Special tokens of the tiny model's char-level tokenizer (ids 0 and 1).
@@ -81,7 +83,7 @@ impl Policy {
     /// alphabet with weights drawn from `init_seed`.
     pub fn build(cfg: &RunConfig, task: &dyn Task, init_seed: u64) -> Result<Self> {
         let dev = device(&cfg.model.device)?;
-        let mut m = if cfg.model.path.is_empty() {
+        let m = if cfg.model.path.is_empty() {
             let alphabet = task.alphabet().ok_or_else(|| {
                 input_err!(
                     "task.name = {}: a text task needs a real model (set model.path to an HF directory or .gguf)",
@@ -91,6 +93,11 @@ impl Policy {
             Self::tiny(&cfg.model, &alphabet, init_seed, &dev)?
         } else {
             io::load(Path::new(&cfg.model.path), &dev)?
+        };
+        let mut m = if cfg.model.lora.enabled() {
+            Self::with_lora(m, &cfg.model.lora, init_seed)?
+        } else {
+            m
         };
         m.model.set_decode_f16(cfg.rollout.decode_f16);
         Ok(Self {
@@ -119,6 +126,31 @@ impl Policy {
             tokenizer_config: None,
             generation_config: None,
         })
+    }
+
+    /// Freezes `m`'s weights and makes fresh LoRA adapters its only trainable parameters (`m.varmap` then holds
+    /// just them, so the optimizer and checkpoints see nothing else); the base weights' storage is kept, not copied.
+    pub fn with_lora(mut m: LoadedModel, lora: &LoraConfig, seed: u64) -> Result<LoadedModel> {
+        let varmap = VarMap::new();
+        m.model.attach_lora(
+            lora,
+            &varmap,
+            crate::train::files::derive_seed(seed, "lora"),
+        )?;
+        m.varmap = varmap;
+        Ok(m)
+    }
+
+    /// The KL reference from the trainable parameters saved at the start of RL (`tensors`, by varmap name): a
+    /// fresh frozen model for full fine-tuning, the policy's own frozen base with these adapters under LoRA.
+    pub fn reference_from(&self, tensors: HashMap<String, Tensor>) -> Result<Transformer> {
+        match self.m.model.lora() {
+            Some(l) => self.m.model.with_adapters(l, &tensors),
+            None => {
+                let vb = VarBuilder::from_tensors(tensors, DType::F32, self.m.model.device());
+                Transformer::new(&self.m.config, vb)
+            }
+        }
     }
 
     /// The network.
@@ -245,13 +277,38 @@ impl Policy {
     /// A frozen copy of the current weights (no `Var`s): the reference model of the KL term.
     pub fn frozen_copy(&self) -> Result<Transformer> {
         let tensors = super::checkpoint::snapshot(&self.m.varmap)?;
+        if let Some(l) = self.m.model.lora() {
+            return self.m.model.with_adapters(l, &tensors);
+        }
         let vb = VarBuilder::from_tensors(tensors, self.m.model.dtype(), self.m.model.device());
         Transformer::new(&self.m.config, vb)
     }
 
-    /// Exports the policy as an HF directory.
+    /// Exports the policy as an HF directory (LoRA adapters merged into the weights).
     pub fn save_hf(&self, dir: &Path) -> Result<()> {
         io::save_hf(dir, &self.m)
+    }
+
+    /// The end-of-run export into `out`: `final/` (an HF directory, adapters merged) and, under LoRA, `adapter/`
+    /// (the PEFT adapter directory).
+    pub fn save_final(&self, out: &Path) -> Result<()> {
+        self.save_hf(&out.join("final"))?;
+        if self.m.model.lora().is_some() {
+            self.save_adapter(&out.join("adapter"))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the LoRA adapters as a PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`);
+    /// an error without LoRA.
+    pub fn save_adapter(&self, dir: &Path) -> Result<()> {
+        let l = self
+            .m
+            .model
+            .lora()
+            .ok_or_else(|| input_err!("save_adapter: the policy has no LoRA adapters"))?;
+        let base = self.m.path.display().to_string();
+        crate::model::lora::save_peft(dir, l, &self.m.model.adapter_parameters(), &base)
     }
 
     /// The chat template, if any.

@@ -204,8 +204,7 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
     let reference = if obj.kl_beta > 0.0 {
         let tensors = candle_core::safetensors::load(&reference_path, &device)
             .map_err(|e| input_err!("{}: {e}", reference_path.display()))?;
-        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &device);
-        Some(Transformer::new(&policy.m.config, vb)?)
+        Some(policy.reference_from(tensors)?)
     } else {
         None
     };
@@ -388,7 +387,7 @@ pub fn train(cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
         wall_seconds: wall(t_start),
     };
     if cfg.checkpoint.save_final {
-        ctx.policy.save_hf(&out.join("final"))?;
+        ctx.policy.save_final(out)?;
     }
     write_json(&out.join("summary.json"), &summary)?;
     if opts.mode != Mode::Quiet {

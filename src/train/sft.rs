@@ -46,9 +46,16 @@ pub struct SftStep {
 /// The cache key of a warm start: FNV-1a of the model, task and sft settings that shape its weights, and the seed.
 pub fn cache_key(cfg: &RunConfig) -> u64 {
     let s = &cfg.sft;
+    let mut model = serde_json::json!(cfg.model);
+    if !cfg.model.lora.enabled() {
+        // Runs without LoRA keep the keys they had before `model.lora` existed.
+        if let Some(m) = model.as_object_mut() {
+            m.remove("lora");
+        }
+    }
     let key = serde_json::json!({
         "v": 1,
-        "model": cfg.model,
+        "model": model,
         "task": cfg.task,
         "sft": [s.steps, s.batch_size, s.lr, s.warmup_steps, s.weight_decay, s.grad_clip],
         "seed": cfg.seed,
@@ -219,7 +226,7 @@ pub fn run(
     let mut elog = JsonlLog::open_truncated(&out.join("eval.jsonl"), 0)?;
     elog.append(&e)?;
     elog.sync()?;
-    policy.save_hf(&out.join("final"))?;
+    policy.save_final(out)?;
     if mode != Mode::Quiet {
         eprintln!(
             "sft: {} steps in {:.1}s, final loss {:.4}; held-out accuracy {:.3}, mean length {:.1} (n={}); model in {}",
