@@ -9,8 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use luspo::model::io;
 use luspo::model::lora::{self, LoraConfig};
-use luspo::rollout::{token_logprobs, Batch};
-use model_support::{ids, tiny_config, tiny_model};
+use model_support::{batch, ids, loss, tiny_config, tiny_model};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -77,32 +76,6 @@ fn randomize_b(varmap: &VarMap, dtype: DType) {
             var.set(&t).unwrap();
         }
     }
-}
-
-fn batch(vocab: usize, dtype: DType) -> Batch {
-    let pairs = vec![
-        (ids(3, vocab, 1), ids(5, vocab, 2)),
-        (ids(6, vocab, 3), ids(2, vocab, 4)),
-        (ids(1, vocab, 5), ids(7, vocab, 6)),
-    ];
-    Batch::from_pairs(&pairs, 0, dtype, &Device::Cpu).unwrap()
-}
-
-/// A scalar of the log-probs and entropies with uneven per-token weights.
-fn loss(model: &luspo::model::Transformer, b: &Batch) -> Tensor {
-    let (logp, ent) = token_logprobs(model, b).unwrap();
-    let (bs, t) = logp.dims2().unwrap();
-    let w: Vec<f64> = (0..bs * t)
-        .map(|i| 0.5 + ((i * 7) % 5) as f64 * 0.3)
-        .collect();
-    let w = Tensor::from_vec(w, (bs, t), &Device::Cpu)
-        .unwrap()
-        .to_dtype(logp.dtype())
-        .unwrap();
-    let m = (&b.response_mask * w).unwrap();
-    let a = (logp * &m).unwrap().sum_all().unwrap();
-    let e = (ent * &m).unwrap().sum_all().unwrap();
-    (a + (e * 0.3).unwrap()).unwrap()
 }
 
 #[test]

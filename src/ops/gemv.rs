@@ -66,14 +66,8 @@ pub(crate) fn small_rows_into(
         if n == 0 || n > MAX_ROWS || !std::arch::is_x86_feature_detected!("avx512f") {
             return false;
         }
-        assert!(x.len() >= n * k && w.len() >= o * k && y.len() >= n * o);
-        let yp = SendPtr(y.as_mut_ptr());
-        (0..o.div_ceil(BLOCK)).into_par_iter().for_each(|blk| {
-            let (o0, o1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(o));
-            // SAFETY: AVX-512F was detected above; the slices hold n·k, o·k and n·o values (asserted); this task
-            // writes only columns o0..o1 of y.
-            unsafe { avx512::rows(x, n, k, w, o0, o1, yp.get(), o) };
-        });
+        // SAFETY: AVX-512F was detected above.
+        unsafe { blocks(x, n, k, w, o, y) };
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -111,14 +105,8 @@ pub(crate) fn f16_rows_into(
         if n == 0 || !f16_available() {
             return false;
         }
-        assert!(x.len() >= n * k && w.len() >= o * k && y.len() >= n * o);
-        let yp = SendPtr(y.as_mut_ptr());
-        (0..o.div_ceil(BLOCK)).into_par_iter().for_each(|blk| {
-            let (o0, o1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(o));
-            // SAFETY: AVX-512F was detected above; the slices hold n·k, o·k and n·o values (asserted); this task
-            // writes only columns o0..o1 of y.
-            unsafe { avx512::rows(x, n, k, w, o0, o1, yp.get(), o) };
-        });
+        // SAFETY: AVX-512F was detected above.
+        unsafe { blocks(x, n, k, w, o, y) };
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -126,6 +114,29 @@ pub(crate) fn f16_rows_into(
         let _ = (x, n, k, w, o, y);
         false
     }
+}
+
+/// Spreads `y = x Wᵀ` over rayon tasks of `BLOCK` weight rows each.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[cfg(target_arch = "x86_64")]
+unsafe fn blocks<T: avx512::Weight + Sync>(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    w: &[T],
+    o: usize,
+    y: &mut [f32],
+) {
+    assert!(x.len() >= n * k && w.len() >= o * k && y.len() >= n * o);
+    let yp = SendPtr(y.as_mut_ptr());
+    (0..o.div_ceil(BLOCK)).into_par_iter().for_each(|blk| {
+        let (o0, o1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(o));
+        // SAFETY: AVX-512F is available (the caller's contract); the slices hold n·k, o·k and n·o values
+        // (asserted); this task writes only columns o0..o1 of y.
+        unsafe { avx512::rows(x, n, k, w, o0, o1, yp.get(), o) };
+    });
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -1,9 +1,10 @@
 //! Shared helpers for the model/rollout tests: tiny random configs and models.
 #![allow(dead_code)]
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use luspo::model::{Config, Transformer};
+use luspo::rollout::{token_logprobs, Batch};
 
 /// A tiny config: `kind` is "llama" (untied), "llama_tied", "llama_bias" (attention + mlp bias) or "qwen2" (GQA,
 /// q/k/v bias, tied).
@@ -66,4 +67,31 @@ pub fn ids(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
             ((x >> 33) % vocab as u64) as u32
         })
         .collect()
+}
+
+/// A ragged batch: three (prompt, response) pairs.
+pub fn batch(vocab: usize, dtype: DType) -> Batch {
+    let pairs = vec![
+        (ids(3, vocab, 1), ids(5, vocab, 2)),
+        (ids(6, vocab, 3), ids(2, vocab, 4)),
+        (ids(1, vocab, 5), ids(7, vocab, 6)),
+    ];
+    Batch::from_pairs(&pairs, 0, dtype, &Device::Cpu).unwrap()
+}
+
+/// A scalar loss using both log-probs and entropies, with per-token weights so no symmetry hides an error.
+pub fn loss(model: &luspo::model::Transformer, b: &Batch) -> Tensor {
+    let (logp, ent) = token_logprobs(model, b).unwrap();
+    let (bs, t) = logp.dims2().unwrap();
+    let w: Vec<f64> = (0..bs * t)
+        .map(|i| 0.5 + ((i * 7) % 5) as f64 * 0.3)
+        .collect();
+    let w = Tensor::from_vec(w, (bs, t), &Device::Cpu)
+        .unwrap()
+        .to_dtype(logp.dtype())
+        .unwrap();
+    let m = (&b.response_mask * w).unwrap();
+    let a = (logp * &m).unwrap().sum_all().unwrap();
+    let e = (ent * &m).unwrap().sum_all().unwrap();
+    (a + (e * 0.3).unwrap()).unwrap()
 }
