@@ -560,4 +560,15 @@ fn f16_decoding_equals_f32_on_f16_weights_and_stays_close_otherwise() {
         .map(|(u, v)| (u - v).abs())
         .fold(0f32, f32::max);
     assert!(gap < 1e-2, "f16 decoding moved a log-prob by {gap}");
+    // Where the kernel exists (AVX-512) it must have run: the rounded weights move some log-prob.
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx512 = false;
+    if avx512 {
+        assert!(
+            gap > 0.0,
+            "decode_f16 left every log-prob unchanged: the f16 path did not run"
+        );
+    }
 }

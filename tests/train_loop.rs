@@ -1,15 +1,16 @@
 //! The RL loop end to end on a very small model: determinism, kill-and-resume exactly once (hook and real SIGKILL),
 //! mini-batches with several optimizer steps, KL to a frozen reference, dynamic sampling, the SFT cache, errors.
 
-use luspo::metrics::{EvalRecord, RolloutRecord, StepMetrics, Summary};
+use luspo::metrics::{EvalRecord, RolloutRecord, Summary};
 use luspo::train::checkpoint;
 use luspo::train::config::RunConfig;
 use luspo::train::files::read_jsonl;
-use luspo::train::progress::Mode;
-use luspo::train::{train, Outcome, TrainOptions};
+use luspo::train::{train, Outcome};
 use std::path::{Path, PathBuf};
 
 mod common;
+
+use common::{opts, untimed};
 
 /// A run that takes a few seconds: 1-layer d=32 model, 100 SFT steps, 2 prompts × 4 samples, 4 RL steps.
 fn tiny_sets(cache_dir: &Path) -> Vec<String> {
@@ -41,28 +42,6 @@ fn cfg_with(cache: &Path, extra: &[&str]) -> RunConfig {
     let mut sets = tiny_sets(cache);
     sets.extend(extra.iter().map(|s| s.to_string()));
     RunConfig::load(None, &sets).unwrap()
-}
-
-fn opts(out: &Path, resume: bool) -> TrainOptions {
-    TrainOptions {
-        out: out.to_path_buf(),
-        resume,
-        mode: Mode::Quiet,
-        interrupt: None,
-    }
-}
-
-/// Metrics without the timing fields.
-fn untimed(dir: &Path) -> Vec<StepMetrics> {
-    read_jsonl::<StepMetrics>(&dir.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .map(|mut m| {
-            m.tokens_per_s = 0.0;
-            m.step_seconds = 0.0;
-            m
-        })
-        .collect()
 }
 
 fn rollouts(dir: &Path) -> Vec<RolloutRecord> {

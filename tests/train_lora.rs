@@ -3,17 +3,16 @@
 //! frozen base, and the run ends with a merged HF directory and a PEFT adapter directory that agree.
 
 use candle_core::{DType, Device, Tensor};
-use luspo::metrics::StepMetrics;
 use luspo::model::io;
 use luspo::model::lora;
 use luspo::train::checkpoint;
 use luspo::train::config::RunConfig;
-use luspo::train::files::read_jsonl;
-use luspo::train::progress::Mode;
-use luspo::train::{train, Outcome, TrainOptions};
+use luspo::train::{train, Outcome};
 use std::path::Path;
 
 mod common;
+
+use common::{opts, untimed};
 
 fn cfg_with(cache: &Path, extra: &[&str]) -> RunConfig {
     let mut sets = common::tiny_model_sets();
@@ -42,27 +41,6 @@ fn cfg_with(cache: &Path, extra: &[&str]) -> RunConfig {
     sets.push(format!("sft.cache_dir={:?}", cache.display().to_string()));
     sets.extend(extra.iter().map(|s| s.to_string()));
     RunConfig::load(None, &sets).unwrap()
-}
-
-fn opts(out: &Path, resume: bool) -> TrainOptions {
-    TrainOptions {
-        out: out.to_path_buf(),
-        resume,
-        mode: Mode::Quiet,
-        interrupt: None,
-    }
-}
-
-fn untimed(dir: &Path) -> Vec<StepMetrics> {
-    read_jsonl::<StepMetrics>(&dir.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .map(|mut m| {
-            m.tokens_per_s = 0.0;
-            m.step_seconds = 0.0;
-            m
-        })
-        .collect()
 }
 
 fn tensors(p: &Path) -> std::collections::HashMap<String, Tensor> {
