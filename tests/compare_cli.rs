@@ -36,6 +36,24 @@ fn tiny_sets(cache: &Path) -> Vec<String> {
     .collect()
 }
 
+/// Runs `luspo compare ARGS --out OUT` on the tiny settings (warm starts cached in `cache`), asserts it succeeded,
+/// and returns its stdout.
+fn run_compare(args: &[&str], out: &Path, cache: &Path) -> String {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_luspo"));
+    c.arg("compare").args(args).arg("--out").arg(out);
+    for s in tiny_sets(cache) {
+        c.arg("--set").arg(s);
+    }
+    let o = c.output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "stdout {stdout}\nstderr {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn plan_layers_overrides_and_sets() {
     let p = plan(
@@ -88,28 +106,18 @@ fn compare_two_objectives_from_one_warm_start() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let out = tmp.path().join("cmp");
-    let mut c = Command::new(env!("CARGO_BIN_EXE_luspo"));
-    c.args([
-        "compare",
-        "--objectives",
-        "grpo,luspo",
-        "--seeds",
-        "1",
-        "--jobs",
-        "2",
-        "--quiet",
-        "--out",
-    ])
-    .arg(&out);
-    for s in tiny_sets(&cache) {
-        c.arg("--set").arg(s);
-    }
-    let o = c.output().unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "stdout {stdout}\nstderr {}",
-        String::from_utf8_lossy(&o.stderr)
+    let stdout = run_compare(
+        &[
+            "--objectives",
+            "grpo,luspo",
+            "--seeds",
+            "1",
+            "--jobs",
+            "2",
+            "--quiet",
+        ],
+        &out,
+        &cache,
     );
     assert!(
         stdout.contains("grpo") && stdout.contains("luspo"),
@@ -347,30 +355,20 @@ fn compare_two_methods_from_one_warm_start() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let out = tmp.path().join("cmp");
-    let mut c = Command::new(env!("CARGO_BIN_EXE_luspo"));
-    c.args([
-        "compare",
-        "--methods",
-        "none,hapo",
-        "--seeds",
-        "1",
-        "--jobs",
-        "2",
-        "--quiet",
-        "--set",
-        "objective.name=\"grpo\"",
-        "--out",
-    ])
-    .arg(&out);
-    for s in tiny_sets(&cache) {
-        c.arg("--set").arg(s);
-    }
-    let o = c.output().unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "stdout {stdout}\nstderr {}",
-        String::from_utf8_lossy(&o.stderr)
+    let stdout = run_compare(
+        &[
+            "--methods",
+            "none,hapo",
+            "--seeds",
+            "1",
+            "--jobs",
+            "2",
+            "--quiet",
+            "--set",
+            "objective.name=\"grpo\"",
+        ],
+        &out,
+        &cache,
     );
     assert!(
         stdout.contains("none") && stdout.contains("hapo"),
