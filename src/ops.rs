@@ -157,6 +157,58 @@ macro_rules! float_dispatch {
 // after `float_dispatch`, which it uses
 pub(crate) mod attn;
 pub(crate) mod gemv;
+mod lm_head;
+pub use lm_head::{composed_lm_head_logprob_entropy, lm_head_logprob_entropy};
+
+/// A strided read-only matrix: element `(i, j)` at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<T> {
+    /// First element.
+    pub(crate) ptr: *const T,
+    /// Row stride.
+    pub(crate) rs: usize,
+    /// Column stride.
+    pub(crate) cs: usize,
+}
+
+/// `dst (m×n, row stride dst_rs) = [dst +] scale · a (m×k) · b (k×n)`, single-threaded.
+///
+/// # Safety
+/// Every element addressed through `dst`, `a` and `b` must lie in live allocations, and `dst` must not alias them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn mm<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    a: Mat<T>,
+    b: Mat<T>,
+    scale: T,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        a.ptr,
+        a.cs as isize,
+        a.rs as isize,
+        b.ptr,
+        b.cs as isize,
+        b.rs as isize,
+        T::one(),
+        scale,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
 
 /// A raw pointer that may cross rayon tasks: every task writes a disjoint region.
 #[derive(Clone, Copy)]

@@ -5,7 +5,8 @@
 //!   `generate_with_stop(.., Some(&checker))` where `checker(generated_ids) -> bool` says a stop string has appeared
 //!   (see [`stop_string_checker`]).
 //! - `score(&Transformer, sequences, batch_size) -> Vec<Vec<f32>>` (no grad): a row of n ids gives n−1 log-probs.
-//! - `token_logprobs(&Transformer, &Batch) -> (logp, entropy)` tensors WITH gradient for the train step.
+//! - `token_logprobs(&Transformer, &Batch) -> (logp, entropy)` tensors WITH gradient at every position;
+//!   `response_token_logprobs` the same at the response positions only (0 elsewhere), for the train step.
 //! - `Batch::from_pairs(&[(prompt, response)], pad_id, dtype, device)` builds the right-padded training batch.
 //!
 //! Log-probs everywhere are `log_softmax(logits)` of the model at temperature 1 (the raw policy), whatever the
@@ -436,20 +437,63 @@ fn logprob_of(logits: &[f32], tok: usize) -> f32 {
 /// `logp[b,t] = log_softmax(logits[b,t])[ids[b,t+1]]`, `entropy[b,t] = −Σ p log p` of that distribution
 /// (temperature 1). Values at padded positions are finite but meaningless: mask them with `response_mask`.
 pub fn token_logprobs(model: &Transformer, batch: &Batch) -> crate::Result<(Tensor, Tensor)> {
-    let (_, t) = batch.ids.dims2()?;
+    let (b, t) = check_len(batch)?;
+    let h = model.hidden_states(&batch.ids, &batch.attention_mask)?;
+    let d = h.dim(2)?;
+    let rows = h.narrow(1, 0, t - 1)?.reshape((b * (t - 1), d))?;
+    let targets = batch.ids.narrow(1, 1, t - 1)?.flatten_all()?;
+    let (lp, ent) = model.head_logprob_entropy(&rows, &targets)?;
+    Ok((lp.reshape((b, t - 1))?, ent.reshape((b, t - 1))?))
+}
+
+/// [`token_logprobs`] at the response positions only (`response_mask` = 1), 0 elsewhere, `(B, T-1)` each, with
+/// gradient: the prompt and padding positions skip the LM head, whose product over the vocabulary is the largest
+/// one of a small model. What the trainers use.
+pub fn response_token_logprobs(
+    model: &Transformer,
+    batch: &Batch,
+) -> crate::Result<(Tensor, Tensor)> {
+    let (b, t) = check_len(batch)?;
+    let mask: Vec<f32> = batch
+        .response_mask
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let ids: Vec<u32> = batch.ids.flatten_all()?.to_vec1()?;
+    // flat index of position (r, c) among the (B, T-1) outputs and among the (B, T) hidden rows
+    let out_idx: Vec<u32> = (0..mask.len() as u32)
+        .filter(|&i| mask[i as usize] != 0.0)
+        .collect();
+    let t1 = (t - 1) as u32;
+    let h_idx: Vec<u32> = out_idx.iter().map(|&i| i + i / t1).collect();
+    let targets: Vec<u32> = h_idx.iter().map(|&i| ids[i as usize + 1]).collect();
+    let device = batch.ids.device();
+    let n = out_idx.len();
+    let out_idx = Tensor::from_vec(out_idx, n, device)?;
+    let h_idx = Tensor::from_vec(h_idx, n, device)?;
+    let targets = Tensor::from_vec(targets, n, device)?;
+    let h = model.hidden_states(&batch.ids, &batch.attention_mask)?;
+    let d = h.dim(2)?;
+    let rows = h.reshape((b * t, d))?.index_select(&h_idx, 0)?;
+    let (lp, ent) = model.head_logprob_entropy(&rows, &targets)?;
+    let zeros = Tensor::zeros(b * (t - 1), lp.dtype(), device)?;
+    let place = |x: &Tensor| -> crate::Result<Tensor> {
+        Ok(zeros
+            .index_add(&out_idx, &x.contiguous()?, 0)?
+            .reshape((b, t - 1))?)
+    };
+    Ok((place(&lp)?, place(&ent)?))
+}
+
+/// `(B, T)` of a batch, which needs `T ≥ 2`.
+fn check_len(batch: &Batch) -> crate::Result<(usize, usize)> {
+    let (b, t) = batch.ids.dims2()?;
     if t < 2 {
         return Err(crate::input_err!(
             "batch: sequences need at least 2 tokens, got T = {t}"
         ));
     }
-    let h = model.hidden_states(&batch.ids, &batch.attention_mask)?;
-    let logits = model.lm_head(&h.narrow(1, 0, t - 1)?)?;
-    let targets = batch.ids.narrow(1, 1, t - 1)?.contiguous()?;
-    if model.reference_ops() {
-        crate::ops::composed_token_logprob_entropy(&logits, &targets)
-    } else {
-        crate::ops::token_logprob_entropy(&logits, &targets)
-    }
+    Ok((b, t))
 }
 
 /// Per-token log-probs of whole sequences, no gradient: a row of n ids gives n−1 values (`log p(id_t | id_<t)`).
@@ -488,9 +532,13 @@ pub fn score(
         let ids = Tensor::from_vec(ids, (b, t), &device)?;
         let am = Tensor::from_vec(am, (b, t), &device)?;
         let h = model.hidden_states_no_grad(&ids, &am)?;
-        let logits = model.lm_head_no_grad(&h.narrow(1, 0, t - 1)?)?;
-        let targets = ids.narrow(1, 1, t - 1)?.contiguous()?;
-        let logp: Vec<Vec<f32>> = crate::ops::log_softmax_gather(&logits, &targets)?
+        let d = h.dim(2)?;
+        let rows = h.narrow(1, 0, t - 1)?.reshape((b * (t - 1), d))?;
+        let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+        let logp: Vec<Vec<f32>> = model
+            .head_logprob_entropy_no_grad(&rows, &targets)?
+            .0
+            .reshape((b, t - 1))?
             .to_dtype(DType::F32)?
             .to_vec2()?;
         for (bi, &i) in chunk.iter().enumerate() {

@@ -3,8 +3,8 @@
 mod model_support;
 
 use candle_core::{DType, Device, Tensor};
-use luspo::rollout::Batch;
-use model_support::{batch, ids, loss, tiny_config, tiny_model};
+use luspo::rollout::{response_token_logprobs, token_logprobs, Batch};
+use model_support::{batch, ids, loss, loss_with, tiny_config, tiny_model};
 
 #[test]
 fn every_parameter_gets_a_nonzero_gradient() {
@@ -249,6 +249,37 @@ fn fused_ops_match_composed_reference() {
                     "{kind} {name}: fused {x} vs composed {y}"
                 );
             }
+        }
+    }
+}
+
+/// The trainers' response-only log-probs equal the all-positions ones at the response positions (0 elsewhere), and
+/// a masked loss has the same gradient through either: the prompt and padding rows only skip the LM head.
+#[test]
+fn response_logprobs_equal_masked_token_logprobs() {
+    for kind in ["llama", "llama_tied", "qwen2"] {
+        let cfg = tiny_config(kind);
+        let (model, varmap) = tiny_model(&cfg, DType::F64, 41);
+        let b = big_batch(cfg.vocab_size, DType::F64);
+        let (lp, ent) = token_logprobs(&model, &b).unwrap();
+        let (rlp, rent) = response_token_logprobs(&model, &b).unwrap();
+        for (all, resp) in [(lp, rlp), (ent, rent)] {
+            let masked = (all * &b.response_mask).unwrap();
+            let d = (masked - resp).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f64>().unwrap() < 1e-12, "{kind}: values");
+        }
+        let g1 = loss(&model, &b).backward().unwrap();
+        let g2 = loss_with(&model, &b, response_token_logprobs)
+            .backward()
+            .unwrap();
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let a = g1.get(var.as_tensor()).unwrap();
+            let c = g2.get(var.as_tensor()).unwrap();
+            let d = (a - c).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(
+                d.to_scalar::<f64>().unwrap() < 1e-12,
+                "{kind} {name}: gradient"
+            );
         }
     }
 }

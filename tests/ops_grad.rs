@@ -600,3 +600,125 @@ fn kernels_split_into_blocks_match_composed() {
     );
     compare(f, c, &[a, b], &[0, 1], tol, tol);
 }
+
+/// `(logp, 0.7·entropy)` stacked, so both outputs get their own upstream gradient.
+fn stacked(lp: Tensor, h: Tensor) -> luspo::Result<Tensor> {
+    Ok(Tensor::stack(&[lp, (h * 0.7)?], 0)?)
+}
+
+#[test]
+fn lm_head_logprob_entropy_matches_composed() {
+    let f: &Op = &|t| {
+        let (lp, h) = ops::lm_head_logprob_entropy(&t[0], &t[1], &t[2])?;
+        stacked(lp, h)
+    };
+    let c: &Op = &|t| {
+        let (lp, h) = ops::composed_lm_head_logprob_entropy(&t[0], &t[1], &t[2])?;
+        stacked(lp, h)
+    };
+    // one tile; then shapes that split the logits into several tiles, vocabulary parts and row groups (with
+    // partial dh and dW sums), vocabularies that are not a multiple of the tile width, and eight parts of
+    // many tiles with one row group
+    for (n, v, d, fd) in [
+        (7, 13, 5, true),
+        (300, 1100, 24, false),
+        (200, 5000, 16, false),
+        (130, 40_000, 8, false),
+    ] {
+        let h = rnd(&[n, d], n as u64, 1.0, DType::F64);
+        let w = rnd(&[v, d], v as u64, 1.0, DType::F64);
+        let tg = targets(&[n], v as u32, d as u64);
+        let inputs = [h, w, tg];
+        if fd {
+            check_all(f, c, &inputs, &[0, 1]);
+        } else {
+            compare(f, c, &inputs, &[0, 1], 1e-12, 1e-12);
+            let ins: Vec<Tensor> = inputs
+                .iter()
+                .map(|t| {
+                    if t.dtype().is_float() {
+                        t.to_dtype(DType::F32).unwrap()
+                    } else {
+                        t.clone()
+                    }
+                })
+                .collect();
+            compare(f, c, &ins, &[0, 1], 2e-5, 2e-5);
+        }
+    }
+    // tied embeddings: the hidden rows are themselves rows of the head, so the head gets both contributions
+    let ids = targets(&[9], 40, 3);
+    let tied = |lm: fn(&Tensor, &Tensor, &Tensor) -> luspo::Result<(Tensor, Tensor)>| {
+        move |t: &[Tensor]| -> luspo::Result<Tensor> {
+            let h = (t[0].index_select(&t[1], 0)? * 0.5)?;
+            let (lp, e) = lm(&h, &t[0], &t[2])?;
+            stacked(lp, e)
+        }
+    };
+    let (ft, ct) = (
+        tied(ops::lm_head_logprob_entropy),
+        tied(ops::composed_lm_head_logprob_entropy),
+    );
+    check_all(
+        &ft,
+        &ct,
+        &[rnd(&[40, 6], 5, 2.0, DType::F64), ids, targets(&[9], 40, 4)],
+        &[0],
+    );
+}
+
+#[test]
+fn lm_head_logprob_entropy_frozen_head_threads_and_errors() {
+    let (n, v, d) = (260, 1500, 12);
+    let h = rnd(&[n, d], 1, 1.0, DType::F32);
+    let w = rnd(&[v, d], 2, 1.0, DType::F32);
+    let tg = targets(&[n], v as u32, 3);
+    let grads_with = |threads: usize, head_var: bool| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let hv = Var::from_tensor(&h).unwrap();
+            let wv = Var::from_tensor(&w).unwrap();
+            let head = if head_var {
+                wv.as_tensor().clone()
+            } else {
+                w.clone()
+            };
+            let (lp, e) = ops::lm_head_logprob_entropy(hv.as_tensor(), &head, &tg).unwrap();
+            let out = stacked(lp, e).unwrap();
+            let g = loss_of(&out, 7).backward().unwrap();
+            let gw = g.get(wv.as_tensor()).cloned();
+            (out, g.get(hv.as_tensor()).unwrap().clone(), gw)
+        })
+    };
+    let (o1, gh1, gw1) = grads_with(1, true);
+    let (o2, gh2, gw2) = grads_with(2, true);
+    // bitwise the same with one or two threads
+    assert_eq!(max_abs_diff(&o1, &o2), 0.0);
+    assert_eq!(max_abs_diff(&gh1, &gh2), 0.0);
+    assert_eq!(
+        max_abs_diff(gw1.as_ref().unwrap(), gw2.as_ref().unwrap()),
+        0.0
+    );
+    // a frozen head (LoRA) gets no gradient, and the hidden rows' gradient is unchanged
+    let (o3, gh3, gw3) = grads_with(2, false);
+    assert!(gw3.is_none());
+    assert_eq!(max_abs_diff(&o1, &o3), 0.0);
+    assert_eq!(max_abs_diff(&gh1, &gh3), 0.0);
+    // a NaN hidden row gives that row NaN, not a finite number
+    let mut hv = h.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    hv[5 * d] = f32::NAN;
+    let hn = Tensor::from_vec(hv, (n, d), &Device::Cpu).unwrap();
+    let (lp, e) = ops::lm_head_logprob_entropy(&hn, &w, &tg).unwrap();
+    let (lp, e) = (lp.to_vec1::<f32>().unwrap(), e.to_vec1::<f32>().unwrap());
+    assert!(lp[5].is_nan() && e[5].is_nan());
+    assert!(lp[4].is_finite() && e[6].is_finite());
+    // bad input: a target outside the vocabulary, mismatched widths, too few targets
+    let bad = Tensor::new(&[v as u32], &Device::Cpu).unwrap();
+    let err = ops::lm_head_logprob_entropy(&h.narrow(0, 0, 1).unwrap(), &w, &bad).unwrap_err();
+    assert!(err.to_string().contains("out of range"), "{err}");
+    assert!(ops::lm_head_logprob_entropy(&h, &w.narrow(1, 0, d - 1).unwrap(), &tg).is_err());
+    assert!(ops::lm_head_logprob_entropy(&h, &w, &tg.narrow(0, 0, n - 1).unwrap()).is_err());
+}

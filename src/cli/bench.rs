@@ -1,7 +1,7 @@
 //! `luspo bench`: generation and train-step throughput of the tiny config or of a given model config.
 
 use crate::model::{Config, Transformer};
-use crate::rollout::{generate, token_logprobs, Batch, SamplingParams};
+use crate::rollout::{generate, response_token_logprobs, Batch, SamplingParams};
 use crate::train::optim::{AdamW, AdamWParams};
 use anyhow::Context;
 use candle_core::DType;
@@ -251,7 +251,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut times = vec![];
         for step in 0..=args.steps {
             let t0 = Instant::now();
-            let (logp, _ent) = token_logprobs(&model, &batch)?;
+            let (logp, _ent) = response_token_logprobs(&model, &batch)?;
             let loss = (logp * &batch.response_mask)?
                 .sum_all()?
                 .neg()?

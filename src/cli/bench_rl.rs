@@ -10,7 +10,7 @@
 
 use crate::model::Transformer;
 use crate::objective::{policy_loss_resolved, ObjectiveConfig, PolicyInputs};
-use crate::rollout::{generate, token_logprobs, Batch, Completion, SamplingParams};
+use crate::rollout::{generate, response_token_logprobs, Batch, Completion, SamplingParams};
 use crate::train::optim::{AdamW, AdamWParams, Grads};
 use anyhow::Context;
 use candle_core::{DType, Tensor};
@@ -196,7 +196,10 @@ fn step_once(
     let mut old: Vec<Vec<f32>> = vec![];
     for chunk in rows.chunks(micro).filter(|_| w.recompute_old) {
         let (batch, ..) = tensors(chunk, None, &device)?;
-        let lp: Vec<Vec<f32>> = token_logprobs(model, &batch)?.0.detach().to_vec2()?;
+        let lp: Vec<Vec<f32>> = response_token_logprobs(model, &batch)?
+            .0
+            .detach()
+            .to_vec2()?;
         for (i, (p, c, _)) in chunk.iter().enumerate() {
             let start = p.len() - 1;
             old.push(lp[i][start..start + c.ids.len()].to_vec());
@@ -211,7 +214,7 @@ fn step_once(
             .recompute_old
             .then(|| &old[k * micro..k * micro + chunk.len()]);
         let (batch, old_t, mask, adv_t) = tensors(chunk, recomputed, &device)?;
-        let (logp, _) = token_logprobs(model, &batch)?;
+        let (logp, _) = response_token_logprobs(model, &batch)?;
         // On-policy, as in `train::rl`: the old log-probs are this forward's, detached.
         let old_t = if w.recompute_old {
             old_t

@@ -767,6 +767,30 @@ impl Transformer {
         Ok(matmul_last(&hidden.detach(), &self.w.lm_head.detach())?)
     }
 
+    /// Log-prob of `targets (N)` and entropy of the next-token distribution at final hidden rows `(N, d)`, with
+    /// gradient: the LM head fused with the log-softmax (`ops::lm_head_logprob_entropy`, no `(N, V)` logits), or
+    /// the full logits and the composed ops under [`Self::reference_ops`].
+    pub fn head_logprob_entropy(
+        &self,
+        hidden: &Tensor,
+        targets: &Tensor,
+    ) -> crate::Result<(Tensor, Tensor)> {
+        if self.reference_ops {
+            let logits = self.lm_head(hidden)?;
+            return crate::ops::composed_token_logprob_entropy(&logits, targets);
+        }
+        crate::ops::lm_head_logprob_entropy(hidden, &self.w.lm_head, targets)
+    }
+
+    /// [`Self::head_logprob_entropy`] without an autograd graph.
+    pub fn head_logprob_entropy_no_grad(
+        &self,
+        hidden: &Tensor,
+        targets: &Tensor,
+    ) -> crate::Result<(Tensor, Tensor)> {
+        crate::ops::lm_head_logprob_entropy(&hidden.detach(), &self.w.lm_head.detach(), targets)
+    }
+
     fn hidden_diff(
         &self,
         w: &Weights,

@@ -10,10 +10,9 @@
 //! The forward output is one flat buffer `[out (N·nh·hd) | q_rot (B·nh·T·hd) | k_rot (B·nkv·T·hd) | v (B·nkv·T·hd) |
 //! p (B·nh·T·T)]`: the attention output followed by what the backward needs.
 
-use super::{data, row_max, sum1, sum2, CResult, Elem, SendPtr};
+use super::{data, mm, row_max, sum1, sum2, CResult, Elem, Mat, SendPtr};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, WithDType};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Shapes of one attention call.
@@ -58,53 +57,6 @@ impl AttnShape {
     pub(crate) fn out_len(&self) -> usize {
         self.parts()[0]
     }
-}
-
-/// A strided read-only matrix: element `(i, j)` at `ptr + i·rs + j·cs`.
-#[derive(Clone, Copy)]
-struct Mat<T> {
-    ptr: *const T,
-    rs: usize,
-    cs: usize,
-}
-
-/// `dst (m×n, row stride dst_rs) = [dst +] scale · a (m×k) · b (k×n)`, single-threaded.
-///
-/// # Safety
-/// Every element addressed through `dst`, `a` and `b` must lie in live allocations, and `dst` must not alias them.
-#[allow(clippy::too_many_arguments)]
-unsafe fn mm<T: Elem>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut T,
-    dst_rs: usize,
-    accumulate: bool,
-    a: Mat<T>,
-    b: Mat<T>,
-    scale: T,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        accumulate,
-        a.ptr,
-        a.cs as isize,
-        a.rs as isize,
-        b.ptr,
-        b.cs as isize,
-        b.rs as isize,
-        T::one(),
-        scale,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    );
 }
 
 /// RoPE on one row of width `hd` (`cs` = `[cos | sin]` halves), times `scale`; `inverse` rotates by −angle

@@ -19,7 +19,7 @@ use crate::metrics::{EvalRecord, RolloutRecord, StepMetrics, Summary};
 use crate::model::Transformer;
 use crate::objective::{self, ObjectiveStats, PolicyInputs, ResolvedObjective};
 use crate::reward::{self, RewardBreakdown, RewardConfig, Verifier};
-use crate::rollout::{token_logprobs, Batch, SamplingParams};
+use crate::rollout::{response_token_logprobs, Batch, SamplingParams};
 use crate::task::Task;
 use crate::{input_err, Result};
 use candle_core::{DType, Device, Tensor};
@@ -555,7 +555,7 @@ fn response_logprobs(
     device: &Device,
 ) -> Result<(PerToken, PerToken)> {
     let batch = tensors_of(samples, pad, device)?.batch;
-    let (logp, ent) = token_logprobs(model, &batch)?;
+    let (logp, ent) = response_token_logprobs(model, &batch)?;
     Ok((
         response_values(&logp, samples)?,
         response_values(&ent, samples)?,
@@ -877,7 +877,7 @@ fn rl_step(ctx: &mut Ctx, state: &mut TrainState, rollouts: &mut JsonlLog) -> Re
                     continue;
                 }
                 let mbt = tensors_of(&refs, pad, &ctx.device)?;
-                let (logp, ent) = token_logprobs(ctx.policy.model(), &mbt.batch)?;
+                let (logp, ent) = response_token_logprobs(ctx.policy.model(), &mbt.batch)?;
                 let on_policy_old = if on_policy {
                     for e in response_values(&ent, &refs)? {
                         ent_sum += e.iter().map(|&x| x as f64).sum::<f64>();

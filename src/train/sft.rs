@@ -7,7 +7,7 @@ use super::files::{derive_seed, fnv1a, io_err, JsonlLog};
 use super::optim::{schedule, AdamW, AdamWParams};
 use super::policy::Policy;
 use super::progress::{Mode, Progress};
-use crate::rollout::{token_logprobs, Batch};
+use crate::rollout::{response_token_logprobs, Batch};
 use crate::task::Task;
 use crate::{input_err, Result};
 use candle_core::DType;
@@ -152,7 +152,7 @@ pub fn train(
             pairs.push((prompt, resp));
         }
         let batch = Batch::from_pairs(&pairs, policy.pad_id(), DType::F32, &device)?;
-        let (logp, _) = token_logprobs(policy.model(), &batch)?;
+        let (logp, _) = response_token_logprobs(policy.model(), &batch)?;
         let n_tok = batch.response_mask.sum_all()?;
         let loss = ((logp * &batch.response_mask)?.sum_all()? / n_tok)?.neg()?;
         let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;

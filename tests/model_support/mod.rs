@@ -81,7 +81,15 @@ pub fn batch(vocab: usize, dtype: DType) -> Batch {
 
 /// A scalar loss using both log-probs and entropies, with per-token weights so no symmetry hides an error.
 pub fn loss(model: &luspo::model::Transformer, b: &Batch) -> Tensor {
-    let (logp, ent) = token_logprobs(model, b).unwrap();
+    loss_with(model, b, token_logprobs)
+}
+
+/// Per-token log-probs and entropies of a batch, as `rollout::token_logprobs` gives them.
+pub type LogprobFn = fn(&Transformer, &Batch) -> luspo::Result<(Tensor, Tensor)>;
+
+/// [`loss`] on the log-probs and entropies that `f` gives.
+pub fn loss_with(model: &Transformer, b: &Batch, f: LogprobFn) -> Tensor {
+    let (logp, ent) = f(model, b).unwrap();
     let (bs, t) = logp.dims2().unwrap();
     let w: Vec<f64> = (0..bs * t)
         .map(|i| 0.5 + ((i * 7) % 5) as f64 * 0.3)
