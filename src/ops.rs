@@ -15,6 +15,8 @@
 //!   mask)` = `softmax(scale*scores + mask)` for attention, mask `(B,1,T,T)` broadcast over heads.
 //! - [`log_softmax_gather`]`(logits (...,V), targets (...))` → logp `(...)`; [`token_logprob_entropy`] →
 //!   `(logp, entropy)`. Neither builds the `(...,V)` log-softmax graph.
+//! - [`lm_head_logprob_entropy`]`(h (N,d), W (V,d), targets (N))` → `(logp, entropy)` of `h · Wᵀ`: the LM head
+//!   fused with the above, never forming the `(N, V)` logits or their gradient (`lm_head` module).
 //! - [`rms_norm`]`(x, w, eps)`; [`rope`]`(x (B,H,T,D), cos, sin)` (HF rotate_half, cos/sin `(B,T,D)` or `(T,D)`);
 //!   [`silu_mul`]`(gate, up)` = `silu(gate) * up`.
 //! - [`tune_malloc`]: glibc allocator tuning for training loops (fewer page faults per step); [`tune_candle_threads`]:

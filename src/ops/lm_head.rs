@@ -149,7 +149,7 @@ impl<T: Elem> RowStats<T> {
         if mx == T::neg_infinity() {
             return;
         }
-        if !(mx <= self.m) {
+        if mx > self.m {
             self.rebase(mx);
         }
         let m = self.m;
