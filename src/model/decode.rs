@@ -8,7 +8,7 @@
 //! `forward_cached`, whose cache [`DecodeState::from_cache`] takes over.
 
 use super::transformer::{KvCache, Transformer};
-use crate::ops::{gemv, SendPtr};
+use crate::ops::{gemv, mm, Mat, SendPtr};
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
@@ -97,16 +97,35 @@ impl Lin<'_> {
             }
         }
         if let Some((a, bm, s)) = self.lora {
-            // y += s·(x Aᵀ)Bᵀ, row by row: r·(in + out) products per row, small next to the base's in·out.
+            // y += s·(x Aᵀ)Bᵀ: r·(in + out) products per row, small next to the base's in·out
             let r = a.len() / k;
-            let mut u = vec![0f32; r];
-            for (xr, yr) in x[..n * k].chunks(k).zip(y.chunks_mut(o)) {
-                for (uj, aj) in u.iter_mut().zip(a.chunks(k)) {
-                    *uj = s * xr.iter().zip(aj).map(|(p, q)| p * q).sum::<f32>();
-                }
-                for (yo, bo) in yr.iter_mut().zip(bm.chunks(r)) {
-                    *yo += u.iter().zip(bo).map(|(p, q)| p * q).sum::<f32>();
-                }
+            let mut u = vec![0f32; n * r];
+            assert!(x.len() >= n * k && a.len() >= r * k && bm.len() >= o * r);
+            // SAFETY: x (n, k), A (r, k) read as Aᵀ, u (n, r); then u, B (o, r) read as Bᵀ, y (n, o); all row-major
+            // and within the lengths asserted here and above.
+            unsafe {
+                let x = Mat {
+                    ptr: x.as_ptr(),
+                    rs: k,
+                    cs: 1,
+                };
+                let at = Mat {
+                    ptr: a.as_ptr(),
+                    rs: 1,
+                    cs: k,
+                };
+                mm(n, r, k, u.as_mut_ptr(), r, false, x, at, s);
+                let um = Mat {
+                    ptr: u.as_ptr(),
+                    rs: r,
+                    cs: 1,
+                };
+                let bt = Mat {
+                    ptr: bm.as_ptr(),
+                    rs: 1,
+                    cs: r,
+                };
+                mm(n, o, r, y.as_mut_ptr(), o, true, um, bt, 1.0);
             }
         }
     }
