@@ -173,6 +173,13 @@ pub(crate) struct Mat<T> {
     pub(crate) cs: usize,
 }
 
+impl<T> Mat<T> {
+    /// The matrix at `ptr` with row stride `rs` and column stride `cs` (`rs = 1` reads a row-major buffer transposed).
+    pub(crate) fn new(ptr: *const T, rs: usize, cs: usize) -> Self {
+        Self { ptr, rs, cs }
+    }
+}
+
 /// `dst (m×n, row stride dst_rs) = [dst +] scale · a (m×k) · b (k×n)`, single-threaded.
 ///
 /// # Safety

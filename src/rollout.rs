@@ -439,9 +439,7 @@ fn logprob_of(logits: &[f32], tok: usize) -> f32 {
 pub fn token_logprobs(model: &Transformer, batch: &Batch) -> crate::Result<(Tensor, Tensor)> {
     let (b, t) = check_len(batch)?;
     let h = model.hidden_states(&batch.ids, &batch.attention_mask)?;
-    let d = h.dim(2)?;
-    let rows = h.narrow(1, 0, t - 1)?.reshape((b * (t - 1), d))?;
-    let targets = batch.ids.narrow(1, 1, t - 1)?.flatten_all()?;
+    let (rows, targets) = next_token_rows(&h, &batch.ids)?;
     let (lp, ent) = model.head_logprob_entropy(&rows, &targets)?;
     Ok((lp.reshape((b, t - 1))?, ent.reshape((b, t - 1))?))
 }
@@ -483,6 +481,14 @@ pub fn response_token_logprobs(
             .reshape((b, t - 1))?)
     };
     Ok((place(&lp)?, place(&ent)?))
+}
+
+/// The hidden rows `(B·(T−1), d)` that predict a next token, and those tokens `(B·(T−1))`, from hidden states
+/// `(B, T, d)` and ids `(B, T)`.
+fn next_token_rows(h: &Tensor, ids: &Tensor) -> crate::Result<(Tensor, Tensor)> {
+    let (b, t, d) = h.dims3()?;
+    let rows = h.narrow(1, 0, t - 1)?.reshape((b * (t - 1), d))?;
+    Ok((rows, ids.narrow(1, 1, t - 1)?.flatten_all()?))
 }
 
 /// `(B, T)` of a batch, which needs `T ≥ 2`.
@@ -532,9 +538,7 @@ pub fn score(
         let ids = Tensor::from_vec(ids, (b, t), &device)?;
         let am = Tensor::from_vec(am, (b, t), &device)?;
         let h = model.hidden_states_no_grad(&ids, &am)?;
-        let d = h.dim(2)?;
-        let rows = h.narrow(1, 0, t - 1)?.reshape((b * (t - 1), d))?;
-        let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+        let (rows, targets) = next_token_rows(&h, &ids)?;
         let logp: Vec<Vec<f32>> = model
             .head_logprob_entropy_no_grad(&rows, &targets)?
             .0

@@ -104,27 +104,11 @@ impl Lin<'_> {
             // SAFETY: x (n, k), A (r, k) read as Aᵀ, u (n, r); then u, B (o, r) read as Bᵀ, y (n, o); all row-major
             // and within the lengths asserted here and above.
             unsafe {
-                let x = Mat {
-                    ptr: x.as_ptr(),
-                    rs: k,
-                    cs: 1,
-                };
-                let at = Mat {
-                    ptr: a.as_ptr(),
-                    rs: 1,
-                    cs: k,
-                };
+                let x = Mat::new(x.as_ptr(), k, 1);
+                let at = Mat::new(a.as_ptr(), 1, k);
                 mm(n, r, k, u.as_mut_ptr(), r, false, x, at, s);
-                let um = Mat {
-                    ptr: u.as_ptr(),
-                    rs: r,
-                    cs: 1,
-                };
-                let bt = Mat {
-                    ptr: bm.as_ptr(),
-                    rs: 1,
-                    cs: r,
-                };
+                let um = Mat::new(u.as_ptr(), r, 1);
+                let bt = Mat::new(bm.as_ptr(), 1, r);
                 mm(n, o, r, y.as_mut_ptr(), o, true, um, bt, 1.0);
             }
         }

@@ -762,11 +762,6 @@ impl Transformer {
         Ok(self.w.lm_head_apply(hidden)?)
     }
 
-    /// Logits from final hidden states without an autograd graph.
-    pub fn lm_head_no_grad(&self, hidden: &Tensor) -> crate::Result<Tensor> {
-        Ok(matmul_last(&hidden.detach(), &self.w.lm_head.detach())?)
-    }
-
     /// Log-prob of `targets (N)` and entropy of the next-token distribution at final hidden rows `(N, d)`, with
     /// gradient: the LM head fused with the log-softmax (`ops::lm_head_logprob_entropy`, no `(N, V)` logits), or
     /// the full logits and the composed ops under [`Self::reference_ops`].

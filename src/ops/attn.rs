@@ -149,16 +149,8 @@ fn forward<T: Elem>(s: AttnShape, scale: T, qkv: &[T], rope: &[T], mask: &[T]) -
             // SAFETY: all views lie inside their buffers; `pb` and this head's output columns are written by this
             // task only.
             unsafe {
-                let q = Mat {
-                    ptr: qb.as_ptr(),
-                    rs: hd,
-                    cs: 1,
-                };
-                let k_t = Mat {
-                    ptr: kg.as_ptr(),
-                    rs: 1,
-                    cs: hd,
-                };
+                let q = Mat::new(qb.as_ptr(), hd, 1);
+                let k_t = Mat::new(kg.as_ptr(), 1, hd);
                 mm(t, t, hd, pb.as_mut_ptr(), t, false, q, k_t, T::one());
             }
             let mb = &mask[bi * t * t..][..t * t];
@@ -167,16 +159,8 @@ fn forward<T: Elem>(s: AttnShape, scale: T, qkv: &[T], rope: &[T], mask: &[T]) -
             }
             unsafe {
                 let dst = out_ptr.get().add(bi * t * nh * hd + h * hd);
-                let pm = Mat {
-                    ptr: pb.as_ptr(),
-                    rs: t,
-                    cs: 1,
-                };
-                let v = Mat {
-                    ptr: vg.as_ptr(),
-                    rs: hd,
-                    cs: 1,
-                };
+                let pm = Mat::new(pb.as_ptr(), t, 1);
+                let v = Mat::new(vg.as_ptr(), hd, 1);
                 mm(t, hd, t, dst, nh * hd, false, pm, v, T::one());
             }
         });
@@ -206,19 +190,11 @@ fn backward<T: Elem>(s: AttnShape, scale: T, saved: &[T], d_out: &[T], rope: &[T
             let bh = bi * nh + h;
             let ph = &p[bh * t * t..][..t * t];
             let qh = &qr[bh * t * hd..][..t * hd];
-            let d_o = Mat {
-                ptr: d_out[bi * t * nh * hd + h * hd..].as_ptr(),
-                rs: nh * hd,
-                cs: 1,
-            };
+            let d_o = Mat::new(d_out[bi * t * nh * hd + h * hd..].as_ptr(), nh * hd, 1);
             // SAFETY: every view lies inside its buffer; the temporaries are this task's own.
             unsafe {
                 // O = P V: dV += Pᵀ dO, dP = dO Vᵀ
-                let p_t = Mat {
-                    ptr: ph.as_ptr(),
-                    rs: 1,
-                    cs: t,
-                };
+                let p_t = Mat::new(ph.as_ptr(), 1, t);
                 mm(
                     t,
                     hd,
@@ -230,11 +206,7 @@ fn backward<T: Elem>(s: AttnShape, scale: T, saved: &[T], d_out: &[T], rope: &[T
                     d_o,
                     T::one(),
                 );
-                let v_t = Mat {
-                    ptr: vg.as_ptr(),
-                    rs: 1,
-                    cs: hd,
-                };
+                let v_t = Mat::new(vg.as_ptr(), 1, hd);
                 mm(t, t, hd, ds.as_mut_ptr(), t, false, d_o, v_t, T::one());
             }
             // softmax backward: dS = P ⊙ (dP − Σ_j dP⊙P)
@@ -246,27 +218,11 @@ fn backward<T: Elem>(s: AttnShape, scale: T, saved: &[T], d_out: &[T], rope: &[T
             }
             // S = Q_s Kᵀ (Q_s = scale · rope(q)): dQ_rot = scale · dS K, dK_rot += dSᵀ Q_s
             unsafe {
-                let d_s = Mat {
-                    ptr: ds.as_ptr(),
-                    rs: t,
-                    cs: 1,
-                };
-                let k = Mat {
-                    ptr: kg.as_ptr(),
-                    rs: hd,
-                    cs: 1,
-                };
+                let d_s = Mat::new(ds.as_ptr(), t, 1);
+                let k = Mat::new(kg.as_ptr(), hd, 1);
                 mm(t, hd, t, dq.as_mut_ptr(), hd, false, d_s, k, scale);
-                let d_s_t = Mat {
-                    ptr: ds.as_ptr(),
-                    rs: 1,
-                    cs: t,
-                };
-                let q = Mat {
-                    ptr: qh.as_ptr(),
-                    rs: hd,
-                    cs: 1,
-                };
+                let d_s_t = Mat::new(ds.as_ptr(), 1, t);
+                let q = Mat::new(qh.as_ptr(), hd, 1);
                 mm(
                     t,
                     hd,

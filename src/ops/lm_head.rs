@@ -96,16 +96,8 @@ impl Plan {
             let cw = TILE_COLS.min(cols.end - c0);
             for r0 in rows.clone().step_by(TILE_ROWS) {
                 let rw = TILE_ROWS.min(rows.end - r0);
-                let a = Mat {
-                    ptr: h.add(r0 * d),
-                    rs: d,
-                    cs: 1,
-                };
-                let b = Mat {
-                    ptr: w.add(c0 * d),
-                    rs: 1,
-                    cs: d,
-                };
+                let a = Mat::new(h.add(r0 * d), d, 1);
+                let b = Mat::new(w.add(c0 * d), 1, d);
                 mm(rw, cw, d, z.as_mut_ptr(), TILE_COLS, false, a, b, T::one());
                 f(r0..r0 + rw, c0..c0 + cw, &mut z);
             }
@@ -186,24 +178,22 @@ struct LmHeadLogprobOp {
     targets: Arc<Vec<u32>>,
 }
 
-impl LmHeadLogprobOp {
-    /// Checks the shapes and returns the plan.
-    fn plan(&self, lh: &Layout, lw: &Layout) -> CResult<Plan> {
-        let (n, d) = lh.shape().dims2()?;
-        let (v, dw) = lw.shape().dims2()?;
-        if d != dw || n != self.targets.len() {
-            bail!(
-                "lm_head_logprob_entropy: hidden {:?}, head {:?} and {} targets do not fit",
-                lh.dims(),
-                lw.dims(),
-                self.targets.len()
-            );
-        }
-        if let Some(bad) = self.targets.iter().find(|&&t| t as usize >= v) {
-            bail!("lm_head_logprob_entropy: target id {bad} out of range for vocabulary size {v}");
-        }
-        Ok(Plan::new(n, v, d))
+/// Checks hidden rows `lh (N, d)`, head `lw (V, d)` and `targets` against each other and returns the plan.
+fn plan(lh: &Layout, lw: &Layout, targets: &[u32]) -> CResult<Plan> {
+    let (n, d) = lh.shape().dims2()?;
+    let (v, dw) = lw.shape().dims2()?;
+    if d != dw || n != targets.len() {
+        bail!(
+            "lm_head_logprob_entropy: hidden {:?}, head {:?} and {} targets do not fit",
+            lh.dims(),
+            lw.dims(),
+            targets.len()
+        );
     }
+    if let Some(bad) = targets.iter().find(|&&t| t as usize >= v) {
+        bail!("lm_head_logprob_entropy: target id {bad} out of range for vocabulary size {v}");
+    }
+    Ok(Plan::new(n, v, d))
 }
 
 impl CustomOp2 for LmHeadLogprobOp {
@@ -218,7 +208,7 @@ impl CustomOp2 for LmHeadLogprobOp {
         sw: &CpuStorage,
         lw: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let plan = self.plan(lh, lw)?;
+        let plan = plan(lh, lw, &self.targets)?;
         let n = plan.n;
         float_dispatch!(sh.dtype(), self.name(), T => {
             let h = data::<T>(sh, lh, self.name())?;
@@ -314,10 +304,7 @@ impl CustomOp3 for LmHeadLogprobBwdOp {
         sg: &CpuStorage,
         lg: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let fwd = LmHeadLogprobOp {
-            targets: self.targets.clone(),
-        };
-        let plan = fwd.plan(lh, lw)?;
+        let plan = plan(lh, lw, &self.targets)?;
         let (n, v, d) = (plan.n, plan.v, plan.d);
         float_dispatch!(sh.dtype(), self.name(), T => {
             let h = data::<T>(sh, lh, self.name())?;
@@ -364,15 +351,15 @@ impl CustomOp3 for LmHeadLogprobBwdOp {
                         }
                         if self.need_dw {
                             // dW[cols] (+)= dzᵀ · h[rows]
-                            let a = Mat { ptr: z.as_ptr(), rs: 1, cs: TILE_COLS };
-                            let b = Mat { ptr: h.as_ptr().add(rows.start * d), rs: d, cs: 1 };
+                            let a = Mat::new(z.as_ptr(), 1, TILE_COLS);
+                            let b = Mat::new(h.as_ptr().add(rows.start * d), d, 1);
                             let acc = rows.start != first_row;
                             mm(cw, d, rw, dw.add(cols.start * d), d, acc, a, b, T::one());
                         }
                         if self.need_dh {
                             // dh[rows] (+)= dz · W[cols]
-                            let a = Mat { ptr: z.as_ptr(), rs: TILE_COLS, cs: 1 };
-                            let b = Mat { ptr: w.as_ptr().add(cols.start * d), rs: d, cs: 1 };
+                            let a = Mat::new(z.as_ptr(), TILE_COLS, 1);
+                            let b = Mat::new(w.as_ptr().add(cols.start * d), d, 1);
                             let acc = cols.start != first_col;
                             mm(rw, d, cw, dh.add(rows.start * d), d, acc, a, b, T::one());
                         }
